@@ -1,0 +1,49 @@
+# The two README commands: `make run` (set up + main job) and `make test` (set up + tests).
+# Works on a machine with only python3 (3.11) and access to PyPI: uv is bootstrapped into .tools/.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+FERFLOW := $(VENV)/bin/ferflow
+export UV_PYTHON := python3.11
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: help setup data run test lint bench-data clean
+
+help:
+	@echo "make run   - set up, pull the DVC data, run the main job (ingest + validation gate)"
+	@echo "make test  - set up, pull the DVC data, run the test suite"
+	@echo "make lint  - ruff"
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install -q "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --compile-bytecode
+	touch $@
+
+setup: $(VENV)/.synced
+
+data: setup
+	$(FERFLOW) data pull
+
+run: data
+	$(FERFLOW) data ingest --format ferplus data/ferplus --out data/canonical \
+		--leakage drop --drop-bad-votes --report artifacts/validation
+	$(FERFLOW) data stats data/canonical
+
+test: data
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench-data: data
+	$(VENV)/bin/python bench/ingest.py
+
+clean:
+	rm -rf artifacts data/canonical

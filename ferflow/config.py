@@ -1,0 +1,293 @@
+"""Typed configuration shared by every stage: class sets, label schemes, paths, gate limits.
+
+Adapters (CLI, KFP components, BentoML) read names and defaults from here; nothing else
+hard-codes class lists or file names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+IMAGE_SIZE = 48
+"""Side of the canonical grayscale face crop, in pixels (FER2013/FERPlus native size)."""
+
+FERPLUS_ANNOTATORS = 10
+"""Every FERPlus image was labelled by ten crowd workers."""
+
+FERPLUS_VOTE_COLUMNS: tuple[str, ...] = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "NF",
+)
+"""Column order of the ten vote counts in FERPlus ``label.csv`` (NF = not a face)."""
+
+FERPLUS_EMOTIONS: tuple[str, ...] = FERPLUS_VOTE_COLUMNS[:8]
+
+FER2013_CODES: tuple[str, ...] = (
+    "anger",  # 0 Angry
+    "disgust",  # 1 Disgust
+    "fear",  # 2 Fear
+    "happiness",  # 3 Happy
+    "sadness",  # 4 Sad
+    "surprise",  # 5 Surprise
+    "neutral",  # 6 Neutral
+)
+"""FER2013 Kaggle CSV ``emotion`` codes 0..6, as FERPlus class names."""
+
+CLASS_SYNONYMS: dict[str, str] = {
+    # folder-per-class trees name classes in many ways; all map to FERPlus names
+    "neutral": "neutral",
+    "calm": "neutral",
+    "happy": "happiness",
+    "happiness": "happiness",
+    "joy": "happiness",
+    "surprise": "surprise",
+    "surprised": "surprise",
+    "sad": "sadness",
+    "sadness": "sadness",
+    "angry": "anger",
+    "anger": "anger",
+    "disgust": "disgust",
+    "disgusted": "disgust",
+    "fear": "fear",
+    "fearful": "fear",
+    "scared": "fear",
+    "contempt": "contempt",
+}
+
+
+class LabelScheme(StrEnum):
+    """Barsoum et al. 2016 (FERPlus) ways of turning ten votes into a training target."""
+
+    MAJORITY = "majority"
+    PROBABILITY = "probability"
+    CROSSENTROPY = "crossentropy"
+    MULTI_TARGET = "multi_target"
+
+
+class SourceFormat(StrEnum):
+    FERPLUS = "ferplus"
+    FER2013_CSV = "fer2013-csv"
+    FOLDERS = "folders"
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """An ordered set of output classes plus how FERPlus emotions map onto it.
+
+    ``mapping`` sends a FERPlus emotion name to a class of this set; emotions it omits are
+    outside the set and their images are dropped at ingest.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    mapping: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.mapping:
+            object.__setattr__(self, "mapping", {c: c for c in self.classes})
+        unknown = set(self.mapping.values()) - set(self.classes)
+        if unknown:
+            raise ValueError(f"class set {self.name!r}: mapping targets {sorted(unknown)} not in classes")
+
+    def index_of(self, ferplus_emotion: str) -> int | None:
+        target = self.mapping.get(ferplus_emotion)
+        return None if target is None else self.classes.index(target)
+
+
+CLASS_SETS: dict[str, ClassSet] = {
+    "ferplus8": ClassSet("ferplus8", FERPLUS_EMOTIONS),
+    "fer2013": ClassSet("fer2013", tuple(e for e in FERPLUS_EMOTIONS if e != "contempt")),
+    # clinical monitoring uses a reduced, more reliable set
+    "clinical4": ClassSet("clinical4", ("neutral", "happiness", "sadness", "anger")),
+    # valence: coarse positive / neutral / negative grouping
+    "valence3": ClassSet(
+        "valence3",
+        ("negative", "neutral", "positive"),
+        {
+            "neutral": "neutral",
+            "happiness": "positive",
+            "surprise": "positive",
+            "sadness": "negative",
+            "anger": "negative",
+            "disgust": "negative",
+            "fear": "negative",
+            "contempt": "negative",
+        },
+    ),
+}
+
+
+def get_class_set(name: str) -> ClassSet:
+    try:
+        return CLASS_SETS[name]
+    except KeyError:
+        raise ValueError(f"unknown class set {name!r}; choose one of {sorted(CLASS_SETS)}") from None
+
+
+class LeakagePolicy(StrEnum):
+    """What the gate does with an image whose content appears in more than one split."""
+
+    FAIL = "fail"
+    DROP = "drop"  # keep it in the most held-out split (test > valid > train), drop elsewhere
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Limits of the data-quality gate. Defaults are strict; relax them explicitly."""
+
+    min_class_count: int = 20
+    min_pixel_std: float = 3.0  # below this an image is blank or constant
+    leakage: LeakagePolicy = LeakagePolicy.FAIL
+    drop_bad_votes: bool = False  # drop rows whose votes do not sum to the annotator count
+    max_dropped_fraction: float = 0.05  # a drop policy that removes more than this fails
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source_format: SourceFormat = SourceFormat.FERPLUS
+    label_scheme: LabelScheme = LabelScheme.MAJORITY
+    class_set: str = "ferplus8"
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+# The embedded defaults of the main job: the DVC FERPlus pull, FERPlus 8 classes, majority
+# labels. FERPlus ships 269 Train images byte-identical to Valid images and one Train row with
+# 9 votes; the main job drops them (documented in README "Data quality") rather than failing.
+FERPLUS_DEFAULT_INGEST = IngestConfig(
+    gate=GateConfig(leakage=LeakagePolicy.DROP, drop_bad_votes=True),
+)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live, relative to the project root unless overridden by environment."""
+
+    root: Path = field(default_factory=lambda: Path(os.environ.get("FERFLOW_HOME", Path.cwd())))
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def ferplus_raw(self) -> Path:
+        return self.data / "ferplus"
+
+    @property
+    def canonical(self) -> Path:
+        return self.data / "canonical"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{self.root / 'mlflow.db'}")
+
+
+SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "test")
+"""Canonical split names, least to most held-out."""
+
+CANONICAL_FORMAT_VERSION = 1
+
+
+class DetectorName(StrEnum):
+    """Face detectors in ``ferflow.faces``; all run offline from files shipped in wheels."""
+
+    BLAZEFACE = "blazeface"  # MediaPipe BlazeFace short-range, converted to ONNX (ferflow/assets)
+    HAAR = "haar"  # OpenCV haarcascade_frontalface_default.xml
+    HAAR_ALT2 = "haar-alt2"  # OpenCV haarcascade_frontalface_alt2.xml
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """Face detection and FER-style cropping. BlazeFace is the default (see docs/benchmarks.md)."""
+
+    detector: DetectorName = DetectorName.BLAZEFACE
+    min_score: float = 0.5  # BlazeFace sigmoid score threshold (MediaPipe's default)
+    nms_iou: float = 0.3  # IoU above which detections are merged (BlazeFace) or dropped (Haar)
+    max_faces: int = 64  # keep at most this many faces, highest score first
+    pad_fraction: float = 0.25  # border added on each side so faces touching the edge are found
+    min_face_fraction: float = 0.0  # drop faces whose side is below this fraction of the image
+    haar_scale_factor: float = 1.1
+    haar_min_neighbors: int = 5
+    haar_min_side: int = 160  # smaller images are upscaled to this short side before Haar
+    crop_margin: float = 1.0  # multiplies the calibrated FER2013 framing of the crop square
+    align: bool = False  # rotate crops so the eyes are level (needs eye keypoints: BlazeFace)
+    num_threads: int = 1  # ONNX Runtime intra-op threads per detector
+
+
+# --- training (ferflow.train, ferflow.models, ferflow.augment) ---
+
+
+class OptimizerName(StrEnum):
+    ADAMW = "adamw"
+    SGD = "sgd"  # Nesterov momentum 0.9
+
+
+class ScheduleName(StrEnum):
+    COSINE = "cosine"  # linear warm-up, then cosine decay to zero
+    ONECYCLE = "onecycle"  # cosine ramp up for 30 % of the steps, cosine anneal down
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # GPU: mixed_float16; CPU with AMX-bf16: mixed_bfloat16; else float32
+    FLOAT32 = "float32"
+    MIXED_BFLOAT16 = "mixed_bfloat16"
+    MIXED_FLOAT16 = "mixed_float16"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly augmentation (ferflow.augment); fractions are of the 48-pixel side."""
+
+    max_shift: float = 0.1
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    rotation_deg: float = 10.0
+    flip: bool = True
+    brightness: float = 0.2  # additive, on the [0, 1] scale
+    contrast: float = 0.3  # multiplicative jitter 1 ± contrast around the image mean
+    erase_prob: float = 0.5  # random erasing (occlusion robustness)
+    erase_area: tuple[float, float] = (0.02, 0.15)
+    mixup_alpha: float = 0.0  # 0 disables mixup
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run. Defaults are the reference model's recipe."""
+
+    model: str = "ran_fm"
+    width: int = 32
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    head_stages: int = 1  # ran_fm: backbone stages run per region on the cropped feature map
+    dropout: float = 0.3
+    rb_margin: float = 0.02  # region-biased loss margin (RAN models)
+    rb_weight: float = 1.0
+    label_scheme: LabelScheme = LabelScheme.PROBABILITY
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: ScheduleName = ScheduleName.COSINE
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    class_weight_power: float = 0.5  # sample weight (n_mean / n_class) ** power; 0 = unweighted
+    tune_fraction: float = 0.1  # stratified tuning split carved from train (early stopping)
+    early_stopping_patience: int = 8
+    seed: int = 42
+    precision: Precision = Precision.AUTO
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    quantize_int8: bool = True  # keep the int8 ONNX only if it costs <= 0.5 accuracy points
+    experiment: str = "ferflow-train"
