@@ -1,0 +1,90 @@
+{{/* Chart name, truncated to the 63-character DNS label limit. */}}
+{{- define "ferflow-inference.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release-chart unless the release already contains it. */}}
+{{- define "ferflow-inference.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ferflow-inference.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a Deployment selector is immutable). */}}
+{{- define "ferflow-inference.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ferflow-inference.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ferflow-inference.labels" -}}
+helm.sh/chart: {{ include "ferflow-inference.chart" . }}
+{{ include "ferflow-inference.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ferflow
+{{- end }}
+
+{{- define "ferflow-inference.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ferflow-inference.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "ferflow-inference.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* True ("true") when an MLflow tracking URI source is configured. */}}
+{{- define "ferflow-inference.hasTrackingUri" -}}
+{{- $t := .Values.mlflow.trackingUri }}
+{{- if and $t.secretName $t.configMapName }}
+{{- fail "mlflow.trackingUri: set either secretName or configMapName, not both" }}
+{{- end }}
+{{- if or $t.secretName $t.configMapName }}true{{ end }}
+{{- end }}
+
+{{/*
+The model URI the server loads (FERFLOW_MODEL_URI), or "" to keep the image's
+reference model: an explicit model.uri wins; with a tracking URI, the registered
+name at the pinned version or else at the alias.
+*/}}
+{{- define "ferflow-inference.modelUri" -}}
+{{- $m := .Values.model }}
+{{- if $m.uri }}
+{{- $m.uri }}
+{{- else if include "ferflow-inference.hasTrackingUri" . }}
+{{- if $m.version }}
+{{- printf "models:/%s/%s" $m.registeredName (toString $m.version) }}
+{{- else }}
+{{- printf "models:/%s@%s" $m.registeredName $m.alias }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Settings for a non-root, read-only container; shared by the server and the CronJob. */}}
+{{- define "ferflow-inference.tmpEnv" -}}
+- name: HOME
+  value: /tmp
+- name: BENTOML_HOME
+  value: /tmp/bentoml
+- name: MPLCONFIGDIR
+  value: /tmp/matplotlib
+{{- end }}
