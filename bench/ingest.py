@@ -38,7 +38,7 @@ def once(src: Path, out: Path) -> dict[str, float]:
     t1 = time.perf_counter()
     table = build_table(records, cfg.label_scheme, class_set, cfg.source_format, str(src))
     t2 = time.perf_counter()
-    report, keep = run_gate(table, class_set, cfg.gate, out / "report")
+    report, _ = run_gate(table, class_set, cfg.gate, out / "report")
     t3 = time.perf_counter()
     assert report.passed, report.human()
     from ferflow.data import ingest_to_memory  # the write path used by `ferflow data ingest`

@@ -69,7 +69,7 @@ def test_fer2013_csv_ingests_with_hard_labels(csv_rows, tmp_path: Path) -> None:
     assert len(train) == 60 and (train.votes == -1).all()
     assert set(np.unique(train.target)) <= {0.0, 1.0}  # hard labels give one-hot targets
     classes = result.meta["classes"]
-    first_emotion = [k for k, v in FER2013_CODE.items() if v == int(csv_rows[0][0])][0]
+    first_emotion = next(k for k, v in FER2013_CODE.items() if v == int(csv_rows[0][0]))
     assert classes[train.label[0]] == first_emotion
     np.testing.assert_array_equal(train.pixels[0].ravel(), np.array(csv_rows[0][1].split(), dtype=np.uint8))
 
