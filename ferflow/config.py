@@ -291,3 +291,112 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     quantize_int8: bool = True  # keep the int8 ONNX only if it costs <= 0.5 accuracy points
     experiment: str = "ferflow-train"
+
+
+# --- Kubeflow pipeline (ferflow.pipeline, components/, pipelines/) ---
+
+PIPELINE_IMAGE = os.environ.get("FERFLOW_IMAGE", "ferflow/ferflow:0.1.0")
+"""``base_image`` of every KFP component: the image built from the repository's Dockerfile.
+Set ``FERFLOW_IMAGE`` (e.g. ``ghcr.io/acme/ferflow:0.1.0@sha256:...``) before compiling to pin
+another registry or digest."""
+
+PIPELINE_NAME = "ferflow-training"
+DVC_SOURCE = "dvc"
+"""Pipeline ``source`` value meaning "the project's DVC-tracked FERPlus" (pulled in the step)."""
+
+
+@dataclass(frozen=True)
+class PipelineProfile:
+    """One named set of pipeline arguments. ``ferflow pipeline run/submit --profile NAME``.
+
+    The fields named in :meth:`arguments` become the pipeline's runtime parameters; every one
+    of them can still be overridden per run.
+    """
+
+    name: str
+    source: str = DVC_SOURCE  # "dvc" or a dataset folder/CSV in ``source_format``
+    source_format: SourceFormat = SourceFormat.FERPLUS
+    data_version: str = ""  # expected DVC md5 of the data; "" = whatever data.dvc points at
+    class_set: str = FERPLUS_DEFAULT_INGEST.class_set
+    leakage: LeakagePolicy = FERPLUS_DEFAULT_INGEST.gate.leakage
+    drop_bad_votes: bool = FERPLUS_DEFAULT_INGEST.gate.drop_bad_votes
+    min_class_count: int = FERPLUS_DEFAULT_INGEST.gate.min_class_count
+    model: str = TrainConfig.model
+    epochs: int = TrainConfig.epochs
+    trials: int = 0  # Optuna trials before the final training (0: TrainConfig defaults)
+    limit_train: int = 0  # cap on training images (0: all of Train minus the tuning split)
+    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
+    min_accuracy: float = 0.0  # absolute floor on test accuracy before promotion is considered
+    min_macro_f1: float = 0.0
+    track: bool = True  # log training to MLflow (Paths().mlflow_uri)
+    expected_minutes_cpu2: float = 0.0  # documented wall time on 2 CPU cores
+    expected_minutes_gpu: float = 0.0  # documented wall time on one GPU
+
+    def arguments(self) -> dict[str, str | int | float | bool]:
+        """The pipeline parameters this profile sets (names match ``pipelines.training``)."""
+        return {
+            "profile": self.name,
+            "source": self.source,
+            "source_format": SourceFormat(self.source_format).value,
+            "data_version": self.data_version,
+            "class_set": self.class_set,
+            "leakage": LeakagePolicy(self.leakage).value,
+            "drop_bad_votes": self.drop_bad_votes,
+            "min_class_count": self.min_class_count,
+            "model_name": self.model,
+            "epochs": self.epochs,
+            "limit_train": self.limit_train,
+            "steps_per_epoch": self.steps_per_epoch,
+            "min_accuracy": self.min_accuracy,
+            "min_macro_f1": self.min_macro_f1,
+            "track": self.track,
+        }
+
+
+PROFILES: dict[str, PipelineProfile] = {
+    # CI: the full pipeline on the real data, a few hundred training images, one short epoch.
+    # It proves the plumbing, not the model: no accuracy floor.
+    "smoke": PipelineProfile(
+        name="smoke",
+        epochs=1,
+        trials=1,
+        limit_train=384,
+        steps_per_epoch=6,
+        expected_minutes_cpu2=5.0,
+        expected_minutes_gpu=3.0,
+    ),
+    # The README's main command: full data, tuning, full training, evaluation, gate, promotion.
+    "default": PipelineProfile(
+        name="default",
+        trials=20,
+        min_accuracy=0.80,
+        min_macro_f1=0.55,
+        expected_minutes_cpu2=120.0,
+        expected_minutes_gpu=20.0,
+    ),
+}
+
+
+def get_profile(name: str) -> PipelineProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown pipeline profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Compile-time settings for a Kubernetes cluster (no effect under kfp.local).
+
+    Core KFP sets requests/limits, accelerators and retries; ``node_selector`` and
+    ``tolerations`` need the ``kfp-kubernetes`` package.
+    """
+
+    train_cpu: str = "8"
+    train_memory: str = "16G"
+    gpus: int = 0  # > 0: the train step asks for this many accelerators
+    accelerator: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)  # e.g. {"nvidia.com/gpu.product": "..."}
+    tolerations: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect), operator Equal
+    retries: int = 2  # transient failures (pre-empted node, registry timeout) of every step
+    retry_backoff: str = "60s"
