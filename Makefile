@@ -31,9 +31,9 @@ data: setup
 	$(FERFLOW) data pull
 
 run: data
-	$(FERFLOW) data ingest --format ferplus data/ferplus --out data/canonical \
+	$(FERFLOW) data ingest --format ferplus data/ferplus --out artifacts/canonical \
 		--leakage drop --drop-bad-votes --report artifacts/validation
-	$(FERFLOW) data stats data/canonical
+	$(FERFLOW) data stats artifacts/canonical
 
 test: data
 	$(VENV)/bin/ruff check .
@@ -46,4 +46,4 @@ bench-data: data
 	$(VENV)/bin/python bench/ingest.py
 
 clean:
-	rm -rf artifacts data/canonical
+	rm -rf artifacts

@@ -185,7 +185,8 @@ class Paths:
 
     @property
     def canonical(self) -> Path:
-        return self.data / "canonical"
+        # outside data/: data.dvc tracks all of data/, and a pull refuses unknown files there
+        return self.artifacts / "canonical"
 
     @property
     def artifacts(self) -> Path:
@@ -218,14 +219,30 @@ class FaceConfig:
     min_score: float = 0.5  # BlazeFace sigmoid score threshold (MediaPipe's default)
     nms_iou: float = 0.3  # IoU above which detections are merged (BlazeFace) or dropped (Haar)
     max_faces: int = 64  # keep at most this many faces, highest score first
-    pad_fraction: float = 0.25  # border added on each side so faces touching the edge are found
-    min_face_fraction: float = 0.0  # drop faces whose side is below this fraction of the image
+    min_face_fraction: float = 0.0  # ignore faces smaller than this fraction of the long side
+    # BlazeFace short-range sees the image at 128x128 and finds faces >~15% of that side; for
+    # smaller faces it also runs on an n x n grid of half-overlapping square tiles (0 = off),
+    # when the tiles are at least blazeface_tile_min_px pixels (so 350x350 portraits skip them).
+    blazeface_tiles: int = 3
+    blazeface_tile_min_px: int = 192
+    blazeface_pad: float = 0.0  # border (fraction of the long side) added around the image
+    haar_pad: float = 0.25  # Haar needs a border to find faces that fill the image
     haar_scale_factor: float = 1.1
     haar_min_neighbors: int = 5
     haar_min_side: int = 160  # smaller images are upscaled to this short side before Haar
-    crop_margin: float = 1.0  # multiplies the calibrated FER2013 framing of the crop square
-    align: bool = False  # rotate crops so the eyes are level (needs eye keypoints: BlazeFace)
+    crop_margin: float = 1.0  # multiplies the calibrated FER2013 framing of crops
+    align: bool = False  # rotate crops so the eyes are level (FER2013 itself is not aligned)
     num_threads: int = 1  # ONNX Runtime intra-op threads per detector
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow registry and the promotion gate (see ferflow.registry)."""
+
+    model_name: str = "ferflow"
+    margin: float = 0.0  # challenger accuracy must be >= champion accuracy + margin
+    f1_margin: float = 0.0  # allowed macro-F1 regression (0: none)
+    probe_image: str | None = None  # photo for infra-validation; None: composed from the eval set
 
 
 # --- training (ferflow.train, ferflow.models, ferflow.augment) ---
@@ -324,6 +341,7 @@ class PipelineProfile:
     model: str = TrainConfig.model
     epochs: int = TrainConfig.epochs
     trials: int = 0  # Optuna trials before the final training (0: TrainConfig defaults)
+    tune_workers: int = 1  # dsl.ParallelFor workers sharing the study (an RDB storage on a cluster)
     limit_train: int = 0  # cap on training images (0: all of Train minus the tuning split)
     steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
     min_accuracy: float = 0.0  # absolute floor on test accuracy before promotion is considered
@@ -350,6 +368,8 @@ class PipelineProfile:
             "min_accuracy": self.min_accuracy,
             "min_macro_f1": self.min_macro_f1,
             "track": self.track,
+            "trials": self.trials,
+            "tune_workers": self.tune_workers,
         }
 
 
@@ -369,6 +389,7 @@ PROFILES: dict[str, PipelineProfile] = {
     "default": PipelineProfile(
         name="default",
         trials=20,
+        tune_workers=2,
         min_accuracy=0.80,
         min_macro_f1=0.55,
         expected_minutes_cpu2=120.0,
@@ -388,8 +409,8 @@ def get_profile(name: str) -> PipelineProfile:
 class ClusterConfig:
     """Compile-time settings for a Kubernetes cluster (no effect under kfp.local).
 
-    Core KFP sets requests/limits, accelerators and retries; ``node_selector`` and
-    ``tolerations`` need the ``kfp-kubernetes`` package.
+    Core KFP sets requests/limits, accelerators and retries; ``node_selector``,
+    ``tolerations`` and ``secret_env`` need the ``kfp-kubernetes`` package.
     """
 
     train_cpu: str = "8"
@@ -400,3 +421,79 @@ class ClusterConfig:
     tolerations: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect), operator Equal
     retries: int = 2  # transient failures (pre-empted node, registry timeout) of every step
     retry_backoff: str = "60s"
+    # (ENV_VAR, secret name, secret key) set on every step from Kubernetes Secrets, e.g.
+    # ("MLFLOW_TRACKING_URI", "ferflow-db", "mlflow-uri"); credentials never enter the IR YAML
+    secret_env: tuple[tuple[str, str, str], ...] = ()
+
+
+# --- hyper-parameter tuning (ferflow.tune; Optuna) ---
+
+OPTUNA_STORAGE_ENV = "FERFLOW_OPTUNA_STORAGE"
+"""Environment variable holding the Optuna storage URL (any SQLAlchemy URL); on a cluster map it
+from a Secret (``ClusterConfig.secret_env``), like ``MLFLOW_TRACKING_URI``."""
+
+
+def default_optuna_storage(root: Path | None = None) -> str:
+    """``$FERFLOW_OPTUNA_STORAGE``, else the SQLite file ``optuna.db`` at the project root."""
+    return os.environ.get(OPTUNA_STORAGE_ENV) or f"sqlite:///{(root or Paths().root) / 'optuna.db'}"
+
+
+class PrunerName(StrEnum):
+    MEDIAN = "median"  # prune when the epoch's tuning accuracy is below the median of earlier trials
+    HYPERBAND = "hyperband"  # successive halving over epochs, several brackets
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class TuneSpace:
+    """The search space of ``ferflow tune``: (low, high) ranges and categorical choices.
+
+    A range with ``low == high`` or a single choice fixes that hyper-parameter (it is still
+    recorded on every trial). Learning rate and weight decay are sampled on a log scale.
+    """
+
+    learning_rate: tuple[float, float] = (3e-4, 1e-2)  # log scale
+    weight_decay: tuple[float, float] = (1e-3, 0.2)  # log scale
+    width: tuple[int, ...] = (16, 24, 32, 48)  # backbone base width
+    dropout: tuple[float, float] = (0.0, 0.5)
+    erase_prob: tuple[float, float] = (0.0, 0.7)  # random-erasing probability
+    rotation_deg: tuple[float, float] = (0.0, 20.0)
+    label_scheme: tuple[LabelScheme, ...] = (
+        LabelScheme.MAJORITY,
+        LabelScheme.PROBABILITY,
+        LabelScheme.CROSSENTROPY,
+    )
+    rb_margin: tuple[float, float] = (0.0, 0.1)  # region-biased loss margin (RAN models)
+    batch_size: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One Optuna study: what to search, how long, where it is stored, how trials are cut short.
+
+    Trials train ``base`` with the sampled values for ``epochs`` epochs on Train minus the
+    tuning split (``base.tune_fraction``, seeded by ``base.seed``, the same for every trial)
+    and are scored by their best tuning-split accuracy; the dataset's ``valid`` split (the
+    test set) is never loaded.
+    """
+
+    study: str = "ferflow"
+    storage: str = ""  # SQLAlchemy URL; "" = default_optuna_storage()
+    trials: int = 20  # new trials this invocation adds to the study (all workers together)
+    timeout: float = 0.0  # seconds per worker; 0 = no limit
+    workers: int = 1  # processes sharing the study (each pinned to its own core if they fit)
+    subset: int = 0  # cap on training images per trial (0 = all of Train minus the tuning split)
+    epochs: int = 10  # epochs per trial (the pruner's steps)
+    steps_per_epoch: int = 0  # 0 = one pass over the (subset) training images
+    pruner: PrunerName = PrunerName.MEDIAN
+    startup_trials: int = 5  # random trials before TPE models the space; the pruner waits as long
+    warmup_epochs: int = 1  # the median pruner never prunes in a trial's first epochs
+    seed: int = 42
+    space: TuneSpace = field(default_factory=TuneSpace)
+    base: TrainConfig = field(default_factory=lambda: TrainConfig(early_stopping_patience=0))
+    experiment: str = "ferflow-tune"
+    track: bool = True  # study = MLflow parent run, trials = nested runs
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or default_optuna_storage()
