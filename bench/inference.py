@@ -1,0 +1,113 @@
+"""Exported-model inference speed with ONNX Runtime (targets: >= 1,500 crops/s at batch 64,
+single-crop latency <= 2 ms on 2 cores).
+
+Benchmarks each ONNX file given (default: the committed reference model and, if present,
+its int8/fp32 siblings), or exports fresh float32 + int8 models of the named architectures
+(random weights: speed does not depend on them). Usage::
+
+    .venv/bin/python bench/inference.py --seconds 10
+    .venv/bin/python bench/inference.py --models ran_fm cnn --seconds 10
+    .venv/bin/python bench/inference.py --onnx models/reference/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def bench_onnx(path: Path, seconds: float, threads: int | None) -> dict:
+    from ferflow.predict import FerClassifier
+
+    clf = FerClassifier(path, threads=threads)
+    rng = np.random.default_rng(0)
+    x64 = rng.random((64, 48, 48, 1), dtype=np.float32)
+    x1 = x64[:1]
+    for _ in range(20):
+        clf.logits(x64)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        clf.logits(x64)
+        n += 64
+    cps = n / (time.perf_counter() - t0)
+    lat = []
+    t_end = time.perf_counter() + seconds / 2
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        clf.logits(x1)
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1000
+    return {
+        "model": str(path),
+        "precision": clf.metadata.get("quantization", "fp32"),
+        "size_mb": round(path.stat().st_size / 2**20, 2),
+        "batch64_crops_s": round(cps, 1),
+        "latency_ms_p50": round(float(np.median(lat_ms)), 3),
+        "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 3),
+    }
+
+
+def export_fresh(name: str, out_dir: Path) -> list[Path]:
+    """Export an untrained ``name`` (TrainConfig recipe) as fp32 + int8 ONNX in a subprocess."""
+    code = f"""
+import dataclasses, numpy as np
+from ferflow.config import TrainConfig, Precision
+from ferflow.train import configure_device, model_kwargs
+configure_device(Precision.FLOAT32, verbose=False)
+from ferflow.models import build_model
+from ferflow.export import export_onnx, quantize_int8
+cfg = dataclasses.replace(TrainConfig(), model={name!r})
+m = build_model(cfg.model, 8, **model_kwargs(cfg))
+classes = ["c%d" % i for i in range(8)]
+p = export_onnx(m, {str(out_dir)!r} + "/{name}_fp32.onnx", classes)
+calib = np.random.default_rng(0).integers(0, 256, (128, 48, 48), dtype=np.uint8)
+quantize_int8(p, {str(out_dir)!r} + "/{name}_int8.onnx", calib)
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    return [out_dir / f"{name}_fp32.onnx", out_dir / f"{name}_int8.onnx"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--onnx", nargs="*", default=None, help="ONNX files to benchmark")
+    ap.add_argument("--models", nargs="*", default=None, help="export these architectures fresh")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=None, help="default: usable cores")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    paths: list[Path] = [Path(p) for p in args.onnx or []]
+    tmp = tempfile.TemporaryDirectory()
+    for name in args.models or []:
+        paths += export_fresh(name, Path(tmp.name))
+    if not paths:
+        ref = Path("models/reference/model.onnx")
+        if not ref.is_file():
+            sys.exit("no --onnx/--models given and no models/reference/model.onnx")
+        paths = [ref]
+    results = []
+    for p in paths:
+        r = bench_onnx(p, args.seconds, args.threads)
+        r["model"] = p.name if p.is_relative_to(tmp.name) else str(p)
+        results.append(r)
+        print(
+            f"{r['model']:40s} {r['precision']:5s} {r['size_mb']:6.2f} MB  "
+            f"batch64 {r['batch64_crops_s']:9.1f} crops/s  "
+            f"latency p50 {r['latency_ms_p50']:.3f} ms p95 {r['latency_ms_p95']:.3f} ms",
+            flush=True,
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,750 @@
+"""Training stage: canonical dataset → tracked, evaluated, exported model.
+
+``train(cfg, dataset, run_dir)`` does, in order:
+
+1. **device**: :func:`configure_device` picks GPU (mixed float16) or CPU (oneDNN, threads from
+   the cores this process may use, mixed bfloat16 when the CPU has AMX-bf16; the Intel
+   Extension for TensorFlow plugin is loaded when installed) and prints its choice;
+2. **data**: a stratified, seeded tuning split is carved out of ``train`` (the dataset's
+   ``valid`` split is the *test* set and is only scored at the end); targets follow one of
+   the four FERPlus label schemes; class-balanced sample weights; a ``tf.data`` pipeline with
+   seeded per-batch augmentation (:mod:`ferflow.augment`);
+3. **fit**: ``model.fit`` with AdamW/SGD, cosine or one-cycle schedule, a checkpoint of model
+   and optimizer after every epoch (``resume=True`` continues a killed run from its last
+   completed epoch), best-on-tuning-split selection and early stopping;
+4. **evaluate + export**: ONNX export (int8 kept only if it costs ≤ 0.5 accuracy points on
+   the tuning split), scored with :mod:`ferflow.evaluate` through the same ONNX predictor
+   ``ferflow evaluate`` uses, so the recorded numbers are reproducible without TensorFlow;
+5. **track**: an MLflow run with parameters, per-epoch metrics, dataset md5 and git commit
+   tags, learning curves, normalised confusion matrix, per-class metrics, the Keras model
+   and the ONNX model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferflow.canonical import CanonicalDataset, Split, open_dataset
+from ferflow.config import (
+    LabelScheme,
+    OptimizerName,
+    Paths,
+    Precision,
+    ScheduleName,
+    TrainConfig,
+    get_class_set,
+)
+from ferflow.preprocess import INPUT_SCALE
+
+# ----------------------------------------------------------------------------------------
+# device
+
+
+@dataclass
+class DeviceInfo:
+    kind: str  # "gpu" | "cpu"
+    name: str
+    precision: str
+    intra_threads: int
+    inter_threads: int
+    amx_bf16: bool
+    onednn: bool
+    itex: bool
+
+    def describe(self) -> str:
+        extras = [f"precision={self.precision}"]
+        if self.kind == "cpu":
+            extras += [
+                f"threads intra={self.intra_threads} inter={self.inter_threads}",
+                f"oneDNN={'on' if self.onednn else 'off'}",
+                f"AMX-bf16={'yes' if self.amx_bf16 else 'no'}",
+            ]
+        extras.append(f"ITEX={'loaded' if self.itex else 'not installed'}")
+        return f"device: {self.kind.upper()} {self.name} ({', '.join(extras)})"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+_DEVICE: DeviceInfo | None = None
+
+
+def configure_device(precision: str | Precision = Precision.AUTO, verbose: bool = True) -> DeviceInfo:
+    """Choose and configure the compute device once per process; print the choice.
+
+    Must run before TensorFlow executes anything (thread pools are fixed at first use).
+    """
+    global _DEVICE
+    precision = Precision(precision)
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    itex = False
+    try:  # optional Intel Extension for TensorFlow (registers an XPU/CPU plugin on import)
+        import intel_extension_for_tensorflow  # noqa: F401
+
+        itex = True
+    except ImportError:
+        pass
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    flags = cpu_flags()
+    amx = "amx_bf16" in flags
+    cores = available_cores()
+    if _DEVICE is None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cores)
+            tf.config.threading.set_inter_op_parallelism_threads(max(2, min(cores, 4)))
+        except RuntimeError:  # already initialised (e.g. in tests): keep the existing pools
+            pass
+        for gpu in gpus:
+            with contextlib.suppress(RuntimeError):
+                tf.config.experimental.set_memory_growth(gpu, True)
+    if precision is Precision.AUTO:
+        if gpus:
+            precision = Precision.MIXED_FLOAT16
+        elif amx:
+            precision = Precision.MIXED_BFLOAT16
+        else:
+            precision = Precision.FLOAT32
+    keras.mixed_precision.set_global_policy(precision.value)
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        name = details.get("device_name", gpus[0].name)
+    else:
+        name = f"{cpu_model()} x{cores}"
+    _DEVICE = DeviceInfo(
+        kind="gpu" if gpus else "cpu",
+        name=name,
+        precision=precision.value,
+        intra_threads=tf.config.threading.get_intra_op_parallelism_threads() or cores,
+        inter_threads=tf.config.threading.get_inter_op_parallelism_threads() or cores,
+        amx_bf16=amx,
+        onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") not in ("0", "false", "False"),
+        itex=itex,
+    )
+    if verbose:
+        print(_DEVICE.describe(), flush=True)
+    return _DEVICE
+
+
+# ----------------------------------------------------------------------------------------
+# data
+
+
+def scheme_targets(
+    split: Split, classes: Sequence[str], class_set_name: str | None, scheme: LabelScheme
+) -> np.ndarray:
+    """(N, C) float32 training targets of ``split`` under ``scheme``.
+
+    FERPlus rows (``votes >= 0``) get the scheme's distribution computed from the votes
+    (:mod:`ferflow.labels`), so one canonical dataset serves all four schemes; for
+    ``multi_target`` the result is the 0/1 mask of acceptable classes. Rows without votes
+    (hard-label sources) or that the scheme would drop keep the one-hot majority label.
+    """
+    from ferflow.labels import targets_for_votes
+
+    n, c = len(split), len(classes)
+    onehot = np.eye(c, dtype=np.float32)[split.label.astype(int)]
+    scheme = LabelScheme(scheme)
+    if scheme is LabelScheme.MAJORITY or class_set_name is None:
+        return onehot
+    has_votes = (split.votes >= 0).all(axis=1)
+    out = onehot.copy()
+    if has_votes.any():
+        class_set = get_class_set(class_set_name)
+        if tuple(class_set.classes) != tuple(classes):
+            raise ValueError(f"dataset classes {list(classes)} do not match class set {class_set_name!r}")
+        idx = np.flatnonzero(has_votes)
+        targets, keep = targets_for_votes(split.votes[idx], scheme, class_set)
+        out[idx[keep]] = targets
+    if scheme is LabelScheme.MULTI_TARGET:
+        out = (out > 0).astype(np.float32)
+    assert out.shape == (n, c)
+    return out
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split → (fit_index, tune_index); every class keeps ≥ 1 fit example."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"tune_fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    fit, tune = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(round(len(idx) * fraction), len(idx) - 1)
+        tune.append(idx[:k])
+        fit.append(idx[k:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(tune))
+
+
+def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndarray:
+    """Per-class weight ``(n_mean / n_c) ** power``, normalised to mean 1 over the examples."""
+    counts = np.bincount(labels.astype(int), minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, (counts[counts > 0].mean() / np.maximum(counts, 1)) ** power, 0.0)
+    w /= (w[labels.astype(int)]).mean()
+    return w.astype(np.float32)
+
+
+def make_train_dataset(
+    pixels: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    cfg: TrainConfig,
+    augment: bool = True,
+):
+    """Infinite, shuffled, batched, augmented ``(x, y, sample_weight)`` dataset."""
+    import tensorflow as tf
+
+    from ferflow.augment import augment_batch
+
+    pld = LabelScheme(cfg.label_scheme) is LabelScheme.PROBABILITY
+    ds = tf.data.Dataset.from_tensor_slices((pixels[..., None], targets, weights))
+    ds = ds.shuffle(len(pixels), seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(cfg.batch_size, drop_remainder=True).enumerate()
+
+    def prepare(step, batch):
+        x, y, w = batch
+        x = tf.cast(x, tf.float32) * INPUT_SCALE
+        seed = tf.stack([tf.constant(cfg.seed, tf.int64), step])
+        if pld:  # probabilistic label drawing: a fresh hard label from the vote distribution
+            s = tf.random.experimental.stateless_fold_in(seed, 7)
+            drawn = tf.random.stateless_categorical(tf.math.log(y + 1e-8), 1, s)[:, 0]
+            y = tf.one_hot(drawn, tf.shape(y)[1], dtype=tf.float32)
+        if augment:
+            x, y = augment_batch(x, y, cfg.augment, seed)
+        return x, tf.ensure_shape(y, [cfg.batch_size, targets.shape[1]]), w
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(pixels: np.ndarray, labels: np.ndarray, num_classes: int, batch: int = 256):
+    import tensorflow as tf
+
+    x = pixels[..., None]
+    y = np.eye(num_classes, dtype=np.float32)[labels.astype(int)]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    return ds.map(lambda a, b: (tf.cast(a, tf.float32) * INPUT_SCALE, b)).prefetch(2)
+
+
+# ----------------------------------------------------------------------------------------
+# losses, schedules, optimizers
+
+
+def multi_target_loss(y_true, y_pred):
+    """Barsoum's multi-target loss: ``-log Σ_{c ∈ targets} softmax(logits)_c`` (mask in y_true)."""
+    from keras import ops
+
+    logits = ops.cast(y_pred, "float32")
+    masked = ops.where(y_true > 0, logits, ops.full_like(logits, -1e9))
+    return ops.logsumexp(logits, axis=-1) - ops.logsumexp(masked, axis=-1)
+
+
+def make_loss(cfg: TrainConfig):
+    import keras
+
+    if LabelScheme(cfg.label_scheme) is LabelScheme.MULTI_TARGET:
+        return multi_target_loss
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+
+
+def _one_cycle_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="ferflow")
+    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+        """One-cycle: cosine ramp from max/div to max over ``pct`` of the steps, cosine down."""
+
+        def __init__(
+            self, max_lr: float, total_steps: int, pct: float = 0.3, div: float = 25.0, final_div: float = 1e4
+        ):
+            self.max_lr, self.total_steps, self.pct = max_lr, total_steps, pct
+            self.div, self.final_div = div, final_div
+
+        def __call__(self, step):
+            from keras import ops
+
+            step = ops.cast(step, "float32")
+            up = max(1.0, self.pct * self.total_steps)
+            down = max(1.0, self.total_steps - up)
+            lo, hi, end = self.max_lr / self.div, self.max_lr, self.max_lr / self.final_div
+            t_up = ops.clip(step / up, 0.0, 1.0)
+            t_down = ops.clip((step - up) / down, 0.0, 1.0)
+            rising = lo + (hi - lo) * (1 - ops.cos(math.pi * t_up)) / 2
+            falling = end + (hi - end) * (1 + ops.cos(math.pi * t_down)) / 2
+            return ops.where(step < up, rising, falling)
+
+        def get_config(self):
+            return {
+                "max_lr": self.max_lr,
+                "total_steps": self.total_steps,
+                "pct": self.pct,
+                "div": self.div,
+                "final_div": self.final_div,
+            }
+
+    return OneCycle
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+    import keras
+
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if ScheduleName(cfg.schedule) is ScheduleName.ONECYCLE:
+        lr = _one_cycle_class()(cfg.learning_rate, total)
+    else:
+        warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=cfg.learning_rate / 10 if warmup else cfg.learning_rate,
+            decay_steps=total - warmup,
+            warmup_target=cfg.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    if OptimizerName(cfg.optimizer) is OptimizerName.SGD:
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+
+
+def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.model == "cnn":
+        return {}
+    kw: dict[str, Any] = {"width": cfg.width, "depths": tuple(cfg.depths), "dropout": cfg.dropout}
+    if cfg.model.startswith("ran"):
+        kw.update(margin=cfg.rb_margin, rb_weight=cfg.rb_weight)
+    if cfg.model == "ran_fm":
+        kw["head_stages"] = cfg.head_stages
+    return kw
+
+
+# ----------------------------------------------------------------------------------------
+# callbacks
+
+
+def _callbacks_module():
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        """Append each epoch's metrics (+ lr, seconds) to ``history.json``; mirror to MLflow."""
+
+        def __init__(self, path: Path, mlflow_run: str | None):
+            super().__init__()
+            self.path, self.mlflow_run = path, mlflow_run
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {k: float(v) for k, v in (logs or {}).items()}
+            opt = self.model.optimizer
+            row["lr"] = float(keras.ops.convert_to_numpy(opt.learning_rate))
+            row["epoch_seconds"] = time.perf_counter() - self.t0
+            history = load_history(self.path)
+            history = [h for h in history if h["epoch"] < epoch] + [{"epoch": epoch, **row}]
+            self.path.write_text(json.dumps(history, indent=1))
+            if self.mlflow_run:
+                import mlflow
+
+                mlflow.log_metrics(row, step=epoch, run_id=self.mlflow_run)
+
+    class BestKeeper(keras.callbacks.Callback):
+        """Keep the best weights on the tuning split and stop after ``patience`` bad epochs.
+
+        Its state (best value, epoch, wait) lives next to the checkpoint so a resumed run
+        continues the same early-stopping decision.
+        """
+
+        def __init__(self, run_dir: Path, monitor: str = "val_accuracy", patience: int = 8):
+            super().__init__()
+            self.state_path = run_dir / "best.json"
+            self.weights_path = run_dir / "best.weights.h5"
+            self.monitor, self.patience = monitor, patience
+
+        def on_train_begin(self, logs=None):
+            self.state = (
+                json.loads(self.state_path.read_text())
+                if self.state_path.exists()
+                else {"best": -math.inf, "epoch": -1, "wait": 0}
+            )
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(self.monitor)
+            if value is None:
+                return
+            if value > self.state["best"]:
+                self.state.update(best=float(value), epoch=epoch, wait=0)
+                self.model.save_weights(self.weights_path, overwrite=True)
+            else:
+                self.state["wait"] += 1
+                if self.patience and self.state["wait"] >= self.patience:
+                    print(f"early stopping: no {self.monitor} gain for {self.patience} epochs")
+                    self.model.stop_training = True
+            self.state_path.write_text(json.dumps(self.state))
+
+    return EpochLog, BestKeeper
+
+
+def load_history(path: Path) -> list[dict[str, float]]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+# ----------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]
+    onnx_path: Path | None
+    keras_path: Path
+    mlflow_run_id: str | None
+    train_seconds: float
+    device: DeviceInfo
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flat_params(cfg: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in asdict(cfg).items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    out = {k: (v.value if hasattr(v, "value") else v) for k, v in out.items()}
+    return json.loads(json.dumps(out))  # tuples → lists, as stored in state.json
+
+
+def train(
+    cfg: TrainConfig,
+    dataset: str | Path | CanonicalDataset | tuple[dict[str, Split], dict[str, Any]],
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    *,
+    track: bool = True,
+    export: bool = True,
+    export_dir: str | Path | None = None,
+    steps_per_epoch: int | None = None,
+    limit_train: int | None = None,
+    callbacks: Sequence[Any] = (),
+    verbose: int | None = None,
+) -> TrainResult:
+    """Train ``cfg.model`` on ``dataset`` (canonical dir, opened dataset, or (splits, meta)).
+
+    ``run_dir`` holds the checkpoint, history and outputs (default
+    ``artifacts/train/<model>``). Without ``resume`` an existing run there is discarded;
+    with it the run continues from its last completed epoch, optimizer state included, in
+    the same MLflow run. ``steps_per_epoch`` / ``limit_train`` bound smoke runs.
+    ``export_dir`` additionally receives model.onnx, metrics.json and MODEL_CARD.md.
+    ``verbose``: Keras progress bar (1) on a terminal, one line per epoch (2) otherwise.
+    """
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    device = configure_device(cfg.precision)
+    import keras
+
+    from ferflow.models import build_model
+
+    # --- data ---------------------------------------------------------------------------
+    if isinstance(dataset, tuple):
+        splits, meta = dataset
+        load = splits.__getitem__
+        dataset_name = str(meta.get("source", "in-memory"))
+    else:
+        ds_obj = dataset if isinstance(dataset, CanonicalDataset) else open_dataset(dataset)
+        meta, load, dataset_name = ds_obj.meta, ds_obj.load, str(ds_obj.root)
+        splits = {s: None for s in ds_obj.splits}
+    classes = list(meta["classes"])
+    num_classes = len(classes)
+    if "train" not in splits:
+        raise ValueError(f"dataset {dataset_name} has no 'train' split")
+    full = load("train")
+    fit_idx, tune_idx = stratified_split(full.label, cfg.tune_fraction, cfg.seed)
+    if limit_train:
+        rng = np.random.default_rng(cfg.seed)
+        fit_idx = np.sort(rng.permutation(fit_idx)[:limit_train])
+        tune_idx = np.sort(rng.permutation(tune_idx)[: max(limit_train // 4, num_classes)])
+    fit_split, tune_split = full.subset(fit_idx), full.subset(tune_idx)
+    test_split = load("valid") if "valid" in splits else None
+    scheme = LabelScheme(cfg.label_scheme)
+    if scheme is LabelScheme.MULTI_TARGET and cfg.augment.mixup_alpha > 0:
+        raise ValueError("mixup needs soft targets; it cannot be combined with multi_target")
+    targets = scheme_targets(fit_split, classes, meta.get("class_set"), scheme)
+    cw = class_weights(fit_split.label, num_classes, cfg.class_weight_power)
+    weights = cw[fit_split.label.astype(int)]
+    spe = steps_per_epoch or max(1, len(fit_split) // cfg.batch_size)
+    train_ds = make_train_dataset(fit_split.pixels, targets, weights, cfg)
+    tune_ds = make_eval_dataset(tune_split.pixels, tune_split.label, num_classes)
+
+    # --- run directory and tracking -----------------------------------------------------
+    run_dir = Path(run_dir) if run_dir else Paths().artifacts / "train" / cfg.model
+    state_path = run_dir / "state.json"
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if resume and state and state.get("config") != _flat_params(cfg):
+        raise ValueError(
+            f"{run_dir}: --resume with a different configuration than the interrupted run; "
+            "use the same options or start a new run without --resume"
+        )
+    mlflow_run = None
+    if track:
+        import mlflow
+
+        mlflow.set_tracking_uri(Paths().mlflow_uri)
+        mlflow.set_experiment(cfg.experiment)
+        run = mlflow.start_run(run_id=state.get("mlflow_run_id"), log_system_metrics=False)
+        mlflow_run = run.info.run_id
+        if not state.get("mlflow_run_id"):
+            mlflow.log_params(
+                {
+                    **_flat_params(cfg),
+                    "dataset": dataset_name,
+                    "steps_per_epoch": spe,
+                    "n_fit": len(fit_split),
+                    "n_tune": len(tune_split),
+                    "n_test": len(test_split) if test_split is not None else 0,
+                }
+            )
+            mlflow.set_tags(
+                {
+                    "dataset_md5": str(meta.get("source_version") or "unknown"),
+                    "dataset_created": str(meta.get("created", "")),
+                    "git_commit": _git_commit(),
+                    "device": device.describe(),
+                    "model": cfg.model,
+                    "label_scheme": scheme.value,
+                }
+            )
+    state.update(config=_flat_params(cfg), mlflow_run_id=mlflow_run)
+    state_path.write_text(json.dumps(state, indent=1))
+
+    # --- model and fit ------------------------------------------------------------------
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes, **model_kwargs(cfg))
+    model.compile(
+        optimizer=make_optimizer(cfg, spe),
+        loss=make_loss(cfg),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    EpochLog, BestKeeper = _callbacks_module()
+    history_path = run_dir / "history.json"
+    cbs = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "checkpoint"), delete_checkpoint=False),
+        EpochLog(history_path, mlflow_run),
+        BestKeeper(run_dir, "val_accuracy", cfg.early_stopping_patience),
+        keras.callbacks.TerminateOnNaN(),
+        *callbacks,
+    ]
+    try:
+        model.fit(
+            train_ds,
+            epochs=cfg.epochs,
+            steps_per_epoch=spe,
+            validation_data=tune_ds,
+            callbacks=cbs,
+            verbose=verbose,
+        )
+    except BaseException:
+        if track:
+            import mlflow
+
+            mlflow.end_run(status="KILLED")
+        raise
+    history = load_history(history_path)
+    train_seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
+    if (run_dir / "best.weights.h5").exists():
+        model.load_weights(run_dir / "best.weights.h5")
+    if device.precision != "float32":  # export and serve a float32 graph
+        keras.mixed_precision.set_global_policy("float32")
+        fp32 = build_model(cfg.model, num_classes, **model_kwargs(cfg))
+        fp32.set_weights(model.get_weights())
+        model = fp32
+    keras_path = run_dir / "model.keras"
+    model.save(keras_path)
+
+    # --- export and evaluate ------------------------------------------------------------
+    metrics: dict[str, Any] = {}
+    onnx_path = None
+    extras: dict[str, Any] = {}
+    if export:
+        from ferflow import evaluate as ev
+        from ferflow import export as ex
+        from ferflow.predict import FerClassifier
+
+        fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", classes)
+        agreement = ex.check_agreement(model, fp32_path, tune_split.pixels[:512])
+        extras["export_agreement"] = agreement
+        tune_fp32 = ev.evaluate_split(FerClassifier(fp32_path), tune_split, classes)
+        onnx_path = run_dir / "model.onnx"
+        shutil.copyfile(fp32_path, onnx_path)
+        extras["onnx_precision"] = "fp32"
+        if cfg.quantize_int8:
+            calib = fit_split.pixels[np.random.default_rng(cfg.seed).permutation(len(fit_split))[:512]]
+            int8_path = ex.quantize_int8(fp32_path, run_dir / "model_int8.onnx", calib)
+            tune_int8 = ev.evaluate_split(FerClassifier(int8_path), tune_split, classes)
+            cost = tune_fp32["accuracy"] - tune_int8["accuracy"]
+            extras["int8_tune_accuracy_cost"] = cost
+            if cost <= 0.005:
+                shutil.copyfile(int8_path, onnx_path)
+                extras["onnx_precision"] = "int8"
+        predictor = FerClassifier(onnx_path)
+        metrics["tune"] = ev.evaluate_split(predictor, tune_split, classes, occlusion=False)
+        if test_split is not None:
+            # occlusion seed 0: the fixed protocol `ferflow evaluate` uses by default
+            metrics["test"] = ev.evaluate_split(predictor, test_split, classes, seed=0)
+        report_split = "test" if test_split is not None else "tune"
+        metrics["onnx_precision"] = extras["onnx_precision"]
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        ev.plot_confusion(
+            np.array(metrics[report_split]["confusion_matrix"]),
+            classes,
+            run_dir / "confusion_matrix.png",
+            title=f"{cfg.model} — {report_split} (normalised)",
+        )
+        (run_dir / "per_class_metrics.json").write_text(
+            json.dumps(metrics[report_split]["per_class"], indent=2)
+        )
+    plot_learning_curves(history, run_dir / "learning_curves.png", title=cfg.model)
+
+    if track:
+        import mlflow
+
+        summary = {}
+        for split_name, m in metrics.items():
+            if isinstance(m, dict):
+                for key in ("accuracy", "macro_f1", "occluded_accuracy"):
+                    if key in m:
+                        summary[f"{split_name}_{key}"] = m[key]
+        summary["train_seconds"] = train_seconds
+        mlflow.log_metrics(summary)
+        if extras.get("int8_tune_accuracy_cost") is not None:
+            mlflow.log_metric("int8_tune_accuracy_cost", extras["int8_tune_accuracy_cost"])
+        mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
+        for name in (
+            "learning_curves.png",
+            "confusion_matrix.png",
+            "per_class_metrics.json",
+            "metrics.json",
+            "history.json",
+        ):
+            if (run_dir / name).exists():
+                mlflow.log_artifact(str(run_dir / name))
+        _log_models(model, keras_path, onnx_path, tune_split.pixels[:8])
+        mlflow.end_run()
+
+    result = TrainResult(
+        run_dir, history, metrics, onnx_path, keras_path, mlflow_run, train_seconds, device, extras
+    )
+    if export_dir and onnx_path is not None:
+        from ferflow.export import write_reference
+
+        write_reference(result, cfg, meta, Path(export_dir))
+    return result
+
+
+def _log_models(model, keras_path: Path, onnx_path: Path | None, sample_pixels: np.ndarray) -> None:
+    """The Keras model (with an input signature) and the ONNX inference model, to MLflow.
+
+    Plain files go to the run's artifacts (``keras/model.keras``, ``onnx/model.onnx``, so
+    ``runs:/<id>/onnx`` resolves); the flavoured models are MLflow logged models whose URIs
+    are recorded as the tags ``keras_model_uri`` / ``onnx_model_uri`` (for the registry).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from ferflow.preprocess import to_model_input
+
+    x = to_model_input(sample_pixels)
+    logits = np.asarray(model.predict(x, verbose=0))
+    signature = infer_signature(x, logits)
+    mlflow.log_artifact(str(keras_path), artifact_path="keras")
+    try:
+        info = mlflow.tensorflow.log_model(model, name="keras_model", signature=signature)
+        mlflow.set_tag("keras_model_uri", info.model_uri)
+    except Exception as err:  # the flavour is optional; the .keras file above is the truth
+        print(f"note: mlflow.tensorflow.log_model failed ({err}); logged the .keras file only")
+    if onnx_path is not None:
+        import onnx
+
+        mlflow.log_artifact(str(onnx_path), artifact_path="onnx")
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", signature=signature)
+        mlflow.set_tag("onnx_model_uri", info.model_uri)
+
+
+def plot_learning_curves(history: list[dict[str, float]], path: Path, title: str = "") -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key in zip(axes, ("loss", "accuracy", "lr"), strict=True):
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], label=f"train {key}")
+        if f"val_{key}" in history[0]:
+            ax.plot(epochs, [h.get(f"val_{key}", np.nan) for h in history], label=f"tune {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,331 @@
+"""Training core on a small real subset: loss goes down, resume continues, export agrees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from ferflow.canonical import open_dataset
+from ferflow.config import AugmentConfig, LabelScheme, Precision, TrainConfig
+
+pytestmark = pytest.mark.data
+
+TINY = TrainConfig(
+    model="ran_fm",
+    width=8,
+    depths=(1, 1, 1, 1),
+    epochs=3,
+    batch_size=32,
+    learning_rate=3e-3,
+    warmup_epochs=0,
+    class_weight_power=0.0,
+    label_scheme=LabelScheme.MAJORITY,
+    precision=Precision.FLOAT32,
+    augment=AugmentConfig(erase_prob=0.0, rotation_deg=0.0, max_shift=0.05),
+    early_stopping_patience=0,
+    quantize_int8=False,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset, tmp_path_factory):
+    """A tiny RAN trained for 3 short epochs (shared by the loss and export tests)."""
+    from ferflow.train import train
+
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    return train(TINY, small_dataset, run_dir, track=False, export=False, steps_per_epoch=12, verbose=0)
+
+
+def test_smoke_training_decreases_loss(trained):
+    losses = [h["loss"] for h in trained.history]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0], losses
+    assert all(np.isfinite(losses))
+    assert (trained.run_dir / "checkpoint").is_dir()
+    assert (trained.run_dir / "best.weights.h5").is_file()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interrupt_continues_from_saved_epoch(small_dataset, tmp_path):
+    import keras
+
+    from ferflow.train import train
+
+    cfg = replace(TINY, epochs=4)
+    run_dir = tmp_path / "run"
+    spe = 4
+    started: list[int] = []
+
+    class KillAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append(epoch)
+            if epoch == 2:
+                raise Interrupt("simulated kill")
+
+    with pytest.raises(Interrupt):
+        train(
+            cfg,
+            small_dataset,
+            run_dir,
+            track=False,
+            export=False,
+            steps_per_epoch=spe,
+            callbacks=[KillAt()],
+            verbose=0,
+        )
+    assert started == [0, 1, 2]
+    assert json.loads((run_dir / "checkpoint" / "training_metadata.json").read_text())["epoch"] == 2
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.iterations_at_start = int(self.model.optimizer.iterations.numpy())
+
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append(epoch)
+
+    rec = Record()
+    started.clear()
+    result = train(
+        cfg,
+        small_dataset,
+        run_dir,
+        resume=True,
+        track=False,
+        export=False,
+        steps_per_epoch=spe,
+        callbacks=[rec],
+        verbose=0,
+    )
+    assert started == [2, 3]  # epochs 0 and 1 were not repeated
+    assert rec.iterations_at_start == 2 * spe  # optimizer state restored
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_different_config(small_dataset, tmp_path):
+    from ferflow.train import train
+
+    run_dir = tmp_path / "run"
+    train(
+        replace(TINY, epochs=1),
+        small_dataset,
+        run_dir,
+        track=False,
+        export=False,
+        steps_per_epoch=2,
+        verbose=0,
+    )
+    with pytest.raises(ValueError, match="different configuration"):
+        train(
+            replace(TINY, epochs=1, width=16),
+            small_dataset,
+            run_dir,
+            resume=True,
+            track=False,
+            export=False,
+            steps_per_epoch=2,
+            verbose=0,
+        )
+
+
+def test_onnx_export_agrees_with_keras_on_real_images(trained, small_dataset, tmp_path):
+    import keras
+
+    from ferflow.export import check_agreement, export_onnx
+    from ferflow.models import build_model
+    from ferflow.train import model_kwargs
+
+    model = build_model(TINY.model, 8, **model_kwargs(TINY))
+    model.load_weights(trained.run_dir / "best.weights.h5")
+    assert isinstance(model, keras.Model)
+    faces = open_dataset(small_dataset).load("valid").pixels[:256]
+    path = export_onnx(model, tmp_path / "m.onnx", open_dataset(small_dataset).classes)
+    agreement = check_agreement(model, path, faces)
+    assert agreement["argmax_agreement"] >= 0.99
+    assert agreement["max_abs_logit_diff"] < 1e-3
+
+
+def test_predict_does_not_import_tensorflow(trained, small_dataset, tmp_path):
+    from ferflow.export import export_onnx
+    from ferflow.models import build_model
+    from ferflow.train import model_kwargs
+
+    model = build_model(TINY.model, 8, **model_kwargs(TINY))
+    model.load_weights(trained.run_dir / "best.weights.h5")
+    path = export_onnx(model, tmp_path / "m.onnx", open_dataset(small_dataset).classes)
+    code = f"""
+import sys
+from ferflow.canonical import open_dataset
+from ferflow.predict import FerClassifier
+from ferflow.evaluate import evaluate
+ds = open_dataset({str(small_dataset)!r})
+clf = FerClassifier({str(path)!r})
+probs = clf.predict_proba(ds.load("valid").pixels[:10])
+assert probs.shape == (10, 8), probs.shape
+out = evaluate({str(path)!r}, {{"valid": ds.load("valid")}}, ds.classes)
+assert 0 <= out["accuracy"] <= 1
+assert "tensorflow" not in sys.modules, "predict/evaluate imported tensorflow"
+assert "keras" not in sys.modules, "predict/evaluate imported keras"
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OK" in out.stdout
+
+
+def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypatch):
+    """One short epoch end to end: MLflow params/metrics/tags/artifacts and reference files."""
+    import mlflow
+
+    from ferflow.train import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FERFLOW_HOME", str(tmp_path))
+    cfg = replace(
+        TINY, epochs=1, quantize_int8=True, label_scheme=LabelScheme.PROBABILITY, experiment="test-train"
+    )
+    out_dir = tmp_path / "reference"
+    result = train(
+        cfg,
+        small_dataset,
+        tmp_path / "run",
+        steps_per_epoch=4,
+        export_dir=out_dir,
+        limit_train=256,
+        verbose=0,
+    )
+    assert result.mlflow_run_id
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.params["model"] == "ran_fm"
+    assert run.data.params["label_scheme"] == "probability"
+    assert run.data.tags["dataset_md5"] == "test-subset"
+    assert "git_commit" in run.data.tags
+    assert {"loss", "val_accuracy", "test_accuracy", "test_macro_f1"} <= set(run.data.metrics)
+    names = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+    assert {
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "per_class_metrics.json",
+        "onnx",
+        "keras",
+    } <= names
+    test = result.metrics["test"]
+    assert {"accuracy", "macro_f1", "n", "per_class_recall", "occluded_accuracy"} <= set(test)
+    assert test["n"] == len(open_dataset(small_dataset).load("valid"))
+    assert {p.name for p in out_dir.iterdir()} == {"model.onnx", "metrics.json", "MODEL_CARD.md"}
+    # the ONNX model logged to MLflow scores the same as the recorded metrics
+    from ferflow.evaluate import evaluate
+
+    ds = open_dataset(small_dataset)
+    for uri in (f"runs:/{result.mlflow_run_id}/onnx", run.data.tags["onnx_model_uri"]):
+        again = evaluate(uri, {"valid": ds.load("valid")}, ds.classes)
+        assert again["accuracy"] == pytest.approx(test["accuracy"])
+        assert again["occluded_accuracy"] == pytest.approx(test["occluded_accuracy"])
+        assert Path(again["model"]).name == "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(trained, small_dataset, tmp_path_factory) -> Path:
+    from ferflow.export import export_onnx
+    from ferflow.models import build_model
+    from ferflow.train import model_kwargs
+
+    model = build_model(TINY.model, 8, **model_kwargs(TINY))
+    model.load_weights(trained.run_dir / "best.weights.h5")
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return export_onnx(model, out, open_dataset(small_dataset).classes)
+
+
+def test_cli_evaluate_json_on_canonical_and_raw_layout(tiny_onnx, small_dataset, ferplus_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["evaluate", "--model", str(tiny_onnx), "--dataset", str(small_dataset), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"accuracy", "macro_f1", "n", "per_class_recall", "occluded_accuracy"} <= set(out)
+    assert out["split"] == "valid" and out["n"] == 300
+
+    # the same command on a raw FERPlus layout it has never seen (ingested in memory)
+    raw = tmp_path / "raw" / "FER2013Valid"
+    raw.mkdir(parents=True)
+    lines = (ferplus_dir / "FER2013Valid" / "label.csv").read_text().splitlines()[:120]
+    for line in lines:
+        name = line.split(",")[0]
+        (raw / name).write_bytes((ferplus_dir / "FER2013Valid" / name).read_bytes())
+    (raw / "label.csv").write_text("\n".join(lines) + "\n")
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(tiny_onnx),
+            "--dataset",
+            str(raw.parent),
+            "--format",
+            "ferplus",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert 0 < out["n"] <= 120 and 0 <= out["accuracy"] <= 1
+
+
+def test_cli_evaluate_bad_model_path_is_a_clear_error(small_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    res = CliRunner().invoke(
+        app, ["evaluate", "--model", str(tmp_path / "nope.onnx"), "--dataset", str(small_dataset)]
+    )
+    assert res.exit_code == 2
+    assert "nope.onnx" in res.output
+
+
+def test_cli_train_smoke(small_dataset, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = [
+        "train",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--precision",
+        "float32",
+        "--no-quantize",
+        "--no-track",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--scheme",
+        "crossentropy",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "trained cnn for 1 epochs" in res.output
+    assert (tmp_path / "run" / "model.onnx").is_file()
