@@ -40,10 +40,13 @@ WORKDIR /app
 COPY serving/ serving/
 COPY components/ components/
 COPY pipelines/ pipelines/
+# The committed reference model, served when no registry model is configured.
+COPY models/ models/
 # HOME and caches point at /tmp: the root filesystem is read-only in the Helm chart and
 # /tmp is an emptyDir there.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
+    FERFLOW_MODEL=/app/models/reference/model.onnx \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

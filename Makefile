@@ -10,7 +10,7 @@ FERFLOW := $(VENV)/bin/ferflow
 export UV_PYTHON := python3.11
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help setup data run test lint bench-data clean
+.PHONY: help setup data run test lint serve bench-data bench-serving clean system-deps
 
 help:
 	@echo "make run   - set up, pull the DVC data, run the main job (ingest + validation gate)"
@@ -35,12 +35,23 @@ run: data
 		--leakage drop --drop-bad-votes --report artifacts/validation
 	$(FERFLOW) data stats artifacts/canonical
 
-test: data
+# Debian packages the tests drive for real: Chromium (web demo test) and PostgreSQL
+# (parallel Optuna workers, MLflow on PostgreSQL). Installed only when missing.
+system-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: data system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+serve: setup
+	$(FERFLOW) serve --port 3000
+
+bench-serving: setup
+	$(VENV)/bin/python bench/serving.py --json artifacts/bench/serving.json
 
 bench-data: data
 	$(VENV)/bin/python bench/ingest.py

@@ -1,0 +1,417 @@
+"""Load test of the inference service on localhost (issue 4 targets), bounded in count and time.
+
+Starts ``bentoml serve serving.service:FERService`` on a free localhost port (the model is
+whatever the server would load: ``FERFLOW_MODEL`` / ``FERFLOW_MODEL_URI`` / the reference), then:
+
+1. start-up: seconds from process start to ``/readyz`` = 200 (median of ``--starts`` runs);
+2. ``/classify`` with real 48x48 FERPlus crops at concurrency 32 (targets >= 400 req/s,
+   p99 <= 50 ms);
+3. ``/predict`` with the 350x350 sample photos (face detection + classification), req/s, p99,
+   next to the in-process time of ``EmotionRecognizer.analyze`` on the same photos;
+4. soak: ``--soak`` requests (default 20,000; 9 of 10 ``/classify``, 1 of 10 ``/predict``) at
+   concurrency 64: errors must be 0 and the server's RSS (all its processes) may grow < 5 %
+   from the end of the warm-up to the end of the soak.
+
+    .venv/bin/python bench/serving.py                     # everything, ~3 min on 2 cores
+    .venv/bin/python bench/serving.py --soak 2000 --json out.json
+
+Every request has a timeout and every phase a request count and a time limit; only
+127.0.0.1 is contacted. With ``--fer-python`` (a separate venv holding the ``fer`` package),
+``fer``'s ``FER().detect_emotions`` (OpenCV Haar + its Keras CNN on TensorFlow; ``--fer-mtcnn``
+adds its MTCNN detector, which needs torch) is timed on the same photos in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT.parent / "shared" / "samples" / "photos"
+CROPS = ROOT / "data" / "ferplus" / "FER2013Valid"
+BOUNDARY = "ferflowbenchboundary7MA4YWxkTrZu0gW"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def multipart(data: bytes, filename: str, content_type: str) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen
+    ready_s: float
+    ready_cpu_s: float = 0.0  # CPU seconds its processes used until ready (contention-free cost)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and all its processes (arbiter + workers)."""
+        root = psutil.Process(self.proc.pid)
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server's processes."""
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_server(timeout: float = 60.0, env: dict[str, str] | None = None) -> Server:
+    """``bentoml serve`` on a free port; returns once /readyz answers 200."""
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "serving.service:FERService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/readyz"
+    while time.perf_counter() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                server = Server(port, proc, time.perf_counter() - started)
+                server.ready_cpu_s = server.cpu_seconds()
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"server not ready within {timeout} s")
+
+
+@dataclass
+class LoadResult:
+    name: str
+    requests: int
+    concurrency: int
+    seconds: float
+    latencies_ms: list[float] = field(repr=False)
+    errors: dict[str, int]
+
+    def summary(self) -> dict[str, float | int | str | dict[str, int]]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "name": self.name,
+            "requests": self.requests,
+            "concurrency": self.concurrency,
+            "seconds": round(self.seconds, 2),
+            "req_per_s": round(self.requests / self.seconds, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p90_ms": round(float(np.percentile(lat, 90)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "max_ms": round(float(lat.max()), 2),
+            "errors": sum(self.errors.values()),
+            "error_kinds": self.errors,
+        }
+
+
+async def load(
+    base_url: str,
+    name: str,
+    jobs: list[tuple[str, bytes]],
+    total: int,
+    concurrency: int,
+    max_seconds: float,
+    on_progress=None,
+) -> LoadResult:
+    """``total`` POSTs cycling over ``jobs`` ((path, multipart body)) with ``concurrency``
+    in flight; stops early at ``max_seconds``."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(total))
+    deadline = time.perf_counter() + max_seconds
+    done = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                path, body = jobs[i % len(jobs)]
+                t = time.perf_counter()
+                try:
+                    r = await client.post(path, content=body, headers=HEADERS)
+                    if r.status_code != 200:
+                        key = f"{path} {r.status_code}"
+                        errors[key] = errors.get(key, 0) + 1
+                except httpx.HTTPError as exc:
+                    key = f"{path} {type(exc).__name__}"
+                    errors[key] = errors.get(key, 0) + 1
+                latencies.append((time.perf_counter() - t) * 1000)
+                done += 1
+                if on_progress is not None and done % 1000 == 0:
+                    on_progress(done)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return LoadResult(name, done, concurrency, seconds, latencies, errors)
+
+
+def measured(server: Server, coro_factory) -> dict:
+    """Run one load phase; add server and client CPU milliseconds per request to its summary."""
+    own = psutil.Process()
+    server_cpu, client_cpu = server.cpu_seconds(), sum(own.cpu_times()[:2])
+    result: LoadResult = asyncio.run(coro_factory())
+    summary = result.summary()
+    n = max(result.requests, 1)
+    summary["server_cpu_ms_per_req"] = round(1000 * (server.cpu_seconds() - server_cpu) / n, 3)
+    summary["client_cpu_ms_per_req"] = round(1000 * (sum(own.cpu_times()[:2]) - client_cpu) / n, 3)
+    return summary
+
+
+def crop_jobs(n: int) -> list[tuple[str, bytes]]:
+    files = sorted(CROPS.glob("*.png"))[:n]
+    if not files:
+        raise SystemExit(f"no FERPlus crops in {CROPS}: run `ferflow data pull` first")
+    return [("/classify", multipart(f.read_bytes(), f.name, "image/png")) for f in files]
+
+
+def photo_files() -> list[Path]:
+    from PIL import Image
+
+    files = []
+    for f in sorted(PHOTOS.glob("*.jpg")):
+        with Image.open(f) as im:
+            if im.size == (350, 350):
+                files.append(f)
+    if not files:
+        raise SystemExit(f"no 350x350 sample photos in {PHOTOS}")
+    return files
+
+
+def offline_predict_ms(files: list[Path], rounds: int = 3) -> float:
+    """Median per-image ms of EmotionRecognizer.analyze in this process (no HTTP)."""
+    from ferflow.inference import EmotionRecognizer
+
+    rec = EmotionRecognizer.from_config()
+    rec.warm_up()
+    data = [f.read_bytes() for f in files]
+    times = []
+    for _ in range(rounds):
+        for d in data:
+            t = time.perf_counter()
+            rec.analyze(d)
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+FER_SCRIPT = """
+import json, sys, time, cv2
+from fer import FER
+detector = FER(mtcnn={mtcnn})
+files = json.loads(sys.argv[1])
+images = [cv2.imread(f) for f in files]
+detector.detect_emotions(images[0])
+times, found = [], 0
+for _ in range({rounds}):
+    for im in images:
+        t = time.perf_counter()
+        out = detector.detect_emotions(im)
+        times.append((time.perf_counter() - t) * 1000)
+        found += bool(out)
+times.sort()
+print(json.dumps({{"median_ms": times[len(times) // 2], "found_fraction": found / len(times)}}))
+"""
+
+
+def fer_predict_ms(
+    python: str, files: list[Path], mtcnn: bool, rounds: int = 2, timeout: float = 300
+) -> dict:
+    code = FER_SCRIPT.format(mtcnn=mtcnn, rounds=rounds)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [python, "-c", code, json.dumps([str(f) for f in files])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu}, {cores} cores, {psutil.virtual_memory().total / 2**30:.0f} GB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--starts", type=int, default=3, help="server starts timed for the ready time")
+    ap.add_argument("--classify", type=int, default=6000, help="/classify requests (concurrency 32)")
+    ap.add_argument("--predict", type=int, default=600, help="/predict requests")
+    ap.add_argument("--predict-concurrency", type=int, default=8)
+    ap.add_argument("--soak", type=int, default=20000, help="soak requests at concurrency 64 (0: skip)")
+    ap.add_argument("--max-seconds", type=float, default=120, help="time limit of each phase")
+    ap.add_argument("--soak-seconds", type=float, default=600, help="time limit of the soak")
+    ap.add_argument("--fer-python", help="python of a venv with the `fer` package, for the comparison")
+    ap.add_argument("--fer-mtcnn", action="store_true", help="also time fer with MTCNN (needs torch)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    results: dict[str, object] = {
+        "machine": machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": "bench/serving.py " + " ".join(sys.argv[1:]),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    ready, ready_cpu = [], []
+    for _ in range(max(0, args.starts - 1)):
+        s = start_server()
+        ready.append(s.ready_s)
+        ready_cpu.append(s.ready_cpu_s)
+        s.stop()
+    server = start_server()
+    ready.append(server.ready_s)
+    ready_cpu.append(server.ready_cpu_s)
+    results["ready_s"] = {"median": round(statistics.median(ready), 2), "all": [round(r, 2) for r in ready]}
+    results["ready_cpu_s"] = {
+        "median": round(statistics.median(ready_cpu), 2),
+        "all": [round(r, 2) for r in ready_cpu],
+    }
+    print(f"ready in {results['ready_s']} s, using {results['ready_cpu_s']} CPU s", flush=True)
+    try:
+        crops = crop_jobs(500)
+        photos = photo_files()
+        photo_jobs = [("/predict", multipart(f.read_bytes(), f.name, "image/jpeg")) for f in photos]
+
+        asyncio.run(load(server.url, "warm-up", crops, 300, 32, 30))
+        asyncio.run(load(server.url, "warm-up", photo_jobs, 50, 4, 30))
+        results["classify"] = measured(
+            server, lambda: load(server.url, "/classify 48x48", crops, args.classify, 32, args.max_seconds)
+        )
+        print(json.dumps(results["classify"]), flush=True)
+        results["predict"] = measured(
+            server,
+            lambda: load(
+                server.url,
+                "/predict 350x350",
+                photo_jobs,
+                args.predict,
+                args.predict_concurrency,
+                args.max_seconds,
+            ),
+        )
+        print(json.dumps(results["predict"]), flush=True)
+        results["predict_offline_ms_per_image"] = round(offline_predict_ms(photos), 2)
+        print(f"offline analyze: {results['predict_offline_ms_per_image']} ms/image", flush=True)
+
+        if args.soak:
+            mix = [crops[i] if i % 10 else photo_jobs[i // 10 % len(photo_jobs)] for i in range(len(crops))]
+            rss_before = server.rss_bytes()
+            samples: list[tuple[int, int]] = [(0, rss_before)]
+            summary = measured(
+                server,
+                lambda: load(
+                    server.url,
+                    "soak",
+                    mix,
+                    args.soak,
+                    64,
+                    args.soak_seconds,
+                    on_progress=lambda n: samples.append((n, server.rss_bytes())),
+                ),
+            )
+            rss_after = server.rss_bytes()
+            summary["rss_mb_before"] = round(rss_before / 2**20, 1)
+            summary["rss_mb_after"] = round(rss_after / 2**20, 1)
+            summary["rss_growth_pct"] = round(100 * (rss_after - rss_before) / rss_before, 2)
+            summary["rss_mb_samples"] = [(n, round(b / 2**20, 1)) for n, b in samples]
+            results["soak"] = summary
+            print(json.dumps({k: v for k, v in summary.items() if k != "rss_mb_samples"}), flush=True)
+    finally:
+        server.stop()
+
+    if args.fer_python:
+        for mtcnn in (False, True) if args.fer_mtcnn else (False,):
+            try:
+                results[f"fer_mtcnn_{mtcnn}"] = fer_predict_ms(args.fer_python, photos, mtcnn)
+            except (subprocess.SubprocessError, ValueError, OSError) as exc:
+                results[f"fer_mtcnn_{mtcnn}"] = {"error": str(exc)[-500:]}
+            print(f"fer (mtcnn={mtcnn}): {results[f'fer_mtcnn_{mtcnn}']}", flush=True)
+    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("soak",)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

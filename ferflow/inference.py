@@ -1,0 +1,445 @@
+"""Faces in, emotions out: the logic behind the HTTP service and the registry's infra-validation.
+
+    rec = EmotionRecognizer.from_config()          # FERFLOW_MODEL_URI / registry / reference model
+    rec.analyze(photo_bytes)                       # {"faces": [{"box", "scores", "label"}], "model"}
+    rec.classify(face_bytes)                       # one pre-cropped face: {"scores", "label"}
+    rec.classify_batch(crops)                      # uint8 (N, 48, 48) -> probabilities (N, C)
+
+Input bytes are decoded strictly and in memory only (never written to disk, never logged):
+JPEG, PNG or WebP, checked against the upload-size and pixel limits from the image header
+*before* any pixel is decoded (decompression bombs), truncated files and tiny images refused.
+Every refusal is an :class:`InferenceError` carrying the HTTP status the service answers with.
+
+Runs on ONNX Runtime (:class:`ferflow.predict.FerClassifier`, :mod:`ferflow.faces`); importing
+this module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferflow.config import IMAGE_SIZE, FaceConfig, RegistryConfig
+
+# --- configuration --------------------------------------------------------------------------
+
+ENV_MODEL_URI = "FERFLOW_MODEL_URI"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_API_KEY = "FERFLOW_API_KEY"
+ENV_MAX_UPLOAD_BYTES = "FERFLOW_MAX_UPLOAD_BYTES"
+ENV_MAX_PIXELS = "FERFLOW_MAX_PIXELS"
+ENV_MAX_BATCH_IMAGES = "FERFLOW_MAX_BATCH_IMAGES"
+ENV_THREADS = "FERFLOW_THREADS"
+
+FORMATS: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+}
+"""Pillow format names accepted (MPO: multi-picture JPEG from phones) → their media type."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an uploaded image may be. Checked before decoding (size, header) and after."""
+
+    max_upload_bytes: int = 10 * 2**20  # 10 MiB per image
+    max_pixels: int = 25_000_000  # width x height from the header; ~75 MB as decoded RGB
+    min_side: int = 16  # a photo smaller than this holds no findable face
+    min_face_side: int = 16  # a pre-cropped face for /classify
+    detect_max_side: int = 2048  # JPEGs larger than this are decoded at a reduced DCT scale
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the inference service reads from its environment (see the Helm chart)."""
+
+    model_uri: str | None = None  # FERFLOW_MODEL_URI, e.g. models:/ferflow@champion
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI
+    api_key: str | None = field(default=None, repr=False)  # FERFLOW_API_KEY; None = no auth
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    max_batch_images: int = 32  # images per /predict_batch request
+    max_batch_bytes: int = 32 * 2**20  # bytes of all images of one /predict_batch request
+    threads: int = 1  # ONNX Runtime intra-op threads per session (requests run concurrently)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
+        """Read the ``FERFLOW_*`` / ``MLFLOW_TRACKING_URI`` variables; a malformed one is an error."""
+        env = dict(os.environ if env is None else env)
+        base = ImageLimits()
+
+        def integer(name: str, default: int, minimum: int = 1) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not an integer") from None
+            if value < minimum:
+                raise ValueError(f"{name}={value} must be >= {minimum}")
+            return value
+
+        limits = ImageLimits(
+            max_upload_bytes=integer(ENV_MAX_UPLOAD_BYTES, base.max_upload_bytes, 1024),
+            max_pixels=integer(ENV_MAX_PIXELS, base.max_pixels, base.min_side**2),
+        )
+        return cls(
+            model_uri=env.get(ENV_MODEL_URI, "").strip() or None,
+            tracking_uri=env.get(ENV_TRACKING_URI, "").strip() or None,
+            api_key=env.get(ENV_API_KEY) or None,
+            limits=limits,
+            max_batch_images=integer(ENV_MAX_BATCH_IMAGES, cls.max_batch_images),
+            threads=integer(ENV_THREADS, cls.threads),
+        )
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class InferenceError(Exception):
+    """A request the service refuses; ``status_code`` is the HTTP status to answer with."""
+
+    status_code = 400
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.message, "status": self.status_code, "type": type(self).__name__}
+
+
+class EmptyInput(InferenceError):
+    status_code = 400
+
+
+class InvalidImage(InferenceError):
+    """Bytes that claim to be an image but cannot be decoded (corrupt, truncated)."""
+
+    status_code = 400
+
+
+class UnsupportedFormat(InferenceError):
+    status_code = 415
+
+
+class PayloadTooLarge(InferenceError):
+    """Too many bytes, or too many pixels in the header (decompression bombs)."""
+
+    status_code = 413
+
+
+class ImageTooSmall(InferenceError):
+    status_code = 422
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be resolved or loaded (a server start-up failure, not a 4xx)."""
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format the leading bytes announce, or None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _describe(data: bytes) -> str:
+    head = data[:16]
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "a GIF image"
+    if head.startswith(b"BM"):
+        return "a BMP image"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "a TIFF image"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+
+
+def decode_image(
+    data: bytes,
+    limits: ImageLimits | None = None,
+    *,
+    name: str = "image",
+    min_side: int | None = None,
+    max_side: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """Strictly decode ``data`` to ``(H, W, 3) uint8`` RGB, in memory.
+
+    ``name`` (the form field or file name) appears in every error message. With ``max_side``
+    a large JPEG is decoded at a reduced DCT scale (at least ``max_side`` on its long side);
+    returns the image and the factor from its pixels to the original image's pixels.
+    """
+    from PIL import Image, ImageOps
+
+    limits = limits or ImageLimits()
+    min_side = limits.min_side if min_side is None else min_side
+    if not data:
+        raise EmptyInput(f"{name}: empty upload (0 bytes); send a JPEG, PNG or WebP image")
+    if len(data) > limits.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"{name}: {len(data):,} bytes exceeds the upload limit of {limits.max_upload_bytes:,} bytes"
+        )
+    sniffed = _sniff(data)
+    if sniffed is None:
+        raise UnsupportedFormat(
+            f"{name}: not a JPEG, PNG or WebP image (the content looks like {_describe(data)})"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=("JPEG", "PNG", "WEBP"))  # header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"{name}: too many pixels ({exc}); limit {limits.max_pixels:,}") from None
+    except Exception as exc:  # Pillow raises many types on a corrupt header
+        raise InvalidImage(f"{name}: corrupt {sniffed} header ({exc})") from None
+    with img:
+        fmt = img.format or sniffed
+        if fmt not in FORMATS:
+            raise UnsupportedFormat(f"{name}: {fmt} images are not accepted; send JPEG, PNG or WebP")
+        width, height = img.size
+        if width * height > limits.max_pixels:
+            raise PayloadTooLarge(
+                f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                f"{limits.max_pixels:,} pixels (checked before decoding)"
+            )
+        if min(width, height) < min_side:
+            raise ImageTooSmall(
+                f"{name}: {width}x{height} pixels is too small; at least {min_side}x{min_side}"
+            )
+        if max_side and fmt in ("JPEG", "MPO") and max(width, height) > 2 * max_side:
+            img.draft("RGB", (max_side, max_side))  # DCT scaling: 1/2, 1/4 or 1/8 of the pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # EXIF quirks are not errors
+                img.load()
+        except Exception as exc:  # truncated or corrupt pixel data
+            raise InvalidImage(f"{name}: truncated or corrupt {fmt} data ({exc})") from None
+        scale = width / img.size[0]
+        oriented = ImageOps.exif_transpose(img)
+        if oriented is not img:
+            scale = max(width, height) / max(oriented.size)
+        if oriented.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit gray PNG
+            gray = np.asarray(oriented, dtype=np.uint32)
+            rgb = np.repeat((gray >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+        else:
+            rgb = np.asarray(oriented.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(rgb), scale
+
+
+def face_from_bytes(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> np.ndarray:
+    """A pre-cropped face image → ``(48, 48) uint8`` grayscale model crop (FER2013 luma)."""
+    import cv2
+
+    limits = limits or ImageLimits()
+    rgb, _ = decode_image(data, limits, name=name, min_side=limits.min_face_side)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        shrink = min(gray.shape) > IMAGE_SIZE
+        gray = cv2.resize(
+            gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
+    return gray
+
+
+# --- model resolution -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    path: Path
+    uri: str
+
+    def public(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def resolve_model(config: ServingConfig | None = None) -> ModelInfo:
+    """Which model to serve: ``FERFLOW_MODEL_URI`` through MLflow when set (registered models
+    via :func:`ferflow.registry.model_path`), else ``FERFLOW_MODEL`` / the reference model."""
+    from ferflow.predict import REFERENCE_MODEL, default_model_path
+
+    cfg = config or ServingConfig.from_env()
+    uri = cfg.model_uri
+    if uri is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise ModelLoadError(
+                f"no model to serve: {path} does not exist and {ENV_MODEL_URI} is not set "
+                f"(set {ENV_MODEL_URI}=models:/{cfg.registry.model_name}@champion with {ENV_TRACKING_URI}, "
+                "or FERFLOW_MODEL=/path/to/model.onnx)"
+            )
+        name = "reference" if path.resolve() == REFERENCE_MODEL.resolve() else path.stem
+        return ModelInfo(name, f"sha256:{_file_digest(path)}", path, str(path))
+    if uri.startswith("models:/"):
+        if not cfg.tracking_uri:
+            raise ModelLoadError(f"{ENV_MODEL_URI}={uri} needs {ENV_TRACKING_URI} (the MLflow registry)")
+        from ferflow.registry import RegistryError, client, model_path
+
+        ref = uri[len("models:/") :]
+        name, sep, alias = ref.partition("@")
+        if not sep:
+            name, _, alias = ref.partition("/")
+        if not name or not alias:
+            raise ModelLoadError(
+                f"{ENV_MODEL_URI}={uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION"
+            )
+        try:
+            path = model_path(name, alias, cfg.tracking_uri)
+            version = alias
+            if not alias.isdigit():
+                version = client(cfg.tracking_uri).get_model_version_by_alias(name, alias).version
+        except (RegistryError, Exception) as exc:
+            raise ModelLoadError(f"cannot load {uri} from {cfg.tracking_uri}: {exc}") from exc
+        return ModelInfo(name, str(version), path, uri)
+    local = Path(uri)
+    if not local.exists() and ("://" in uri or uri.startswith("runs:/")):
+        from ferflow.evaluate import resolve_model as resolve_any
+
+        if cfg.tracking_uri:
+            os.environ.setdefault(ENV_TRACKING_URI, cfg.tracking_uri)
+        try:
+            local = resolve_any(uri)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load {ENV_MODEL_URI}={uri}: {exc}") from exc
+    elif local.is_dir():
+        found = sorted(local.rglob("*.onnx"))
+        if not found:
+            raise ModelLoadError(f"{ENV_MODEL_URI}={uri}: no .onnx file in the folder")
+        local = found[0]
+    if not local.is_file():
+        raise ModelLoadError(f"{ENV_MODEL_URI}={uri}: no such model file")
+    return ModelInfo(local.stem, f"sha256:{_file_digest(local)}", local, uri)
+
+
+# --- the recognizer -------------------------------------------------------------------------
+
+
+class EmotionRecognizer:
+    """Face detection + FER-style crops + the ONNX classifier, behind byte-level entry points."""
+
+    def __init__(self, model: ModelInfo, config: ServingConfig | None = None) -> None:
+        from ferflow.faces import get_detector
+        from ferflow.predict import FerClassifier
+
+        self.config = config or ServingConfig()
+        self.limits = self.config.limits
+        self.info = model
+        try:
+            self.classifier = FerClassifier(model.path, threads=self.config.threads)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self.classes: list[str] = list(self.classifier.classes)
+        self.detector = get_detector(self.config.face)
+
+    @classmethod
+    def from_model(cls, path: str | Path, config: ServingConfig | None = None) -> EmotionRecognizer:
+        """Serve the ONNX file at ``path`` (used by the registry's infra-validation)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        return cls(ModelInfo(path.stem, f"sha256:{_file_digest(path)}", path, str(path)), config)
+
+    @classmethod
+    def from_config(cls, config: ServingConfig | None = None) -> EmotionRecognizer:
+        """The model the environment names (see :func:`resolve_model`)."""
+        config = config or ServingConfig.from_env()
+        return cls(resolve_model(config), config)
+
+    @property
+    def model(self) -> dict[str, str]:
+        return self.info.public()
+
+    # --- numbers -> JSON ---
+
+    def result(self, probs: np.ndarray) -> dict[str, Any]:
+        """``{"scores": {class: p}, "label": best}`` for one probability row."""
+        scores = {c: round(float(p), 6) for c, p in zip(self.classes, probs, strict=True)}
+        return {"scores": scores, "label": self.classes[int(np.argmax(probs))]}
+
+    # --- entry points ---
+
+    def classify_batch(self, faces: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C)`` float32 for uint8 grayscale crops ``(N, 48, 48)``."""
+        faces = np.asarray(faces)
+        if faces.ndim == 2:
+            faces = faces[None]
+        if faces.dtype != np.uint8 or faces.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise InferenceError(
+                f"faces must be uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}); got {faces.dtype} {faces.shape}"
+            )
+        if len(faces) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.classifier.predict_proba(faces).astype(np.float32)
+
+    def face_crop(self, image_bytes: bytes, name: str = "image") -> np.ndarray:
+        """Decode one pre-cropped face to the ``(48, 48) uint8`` model input."""
+        return face_from_bytes(image_bytes, self.limits, name=name)
+
+    def classify(self, image_bytes: bytes, name: str = "image") -> dict[str, Any]:
+        """One pre-cropped face image (any size, resized to 48x48 gray) → scores and label."""
+        return self.result(self.classify_batch(self.face_crop(image_bytes, name))[0])
+
+    def analyze_array(self, rgb: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
+        """Every face in an ``(H, W, 3) uint8`` image; boxes multiplied by ``scale``."""
+        from ferflow.faces import crop_faces
+
+        faces = self.detector.detect(rgb)
+        out: list[dict[str, Any]] = []
+        if faces:
+            crops = crop_faces(rgb, faces, margin=self.config.face.crop_margin, align=self.config.face.align)
+            probs = self.classify_batch(crops)
+            for face, p in zip(faces, probs, strict=True):
+                box = [round(v * scale) for v in face.box]
+                out.append({"box": box, "detection_score": round(face.score, 4), **self.result(p)})
+        return {"faces": out, "model": self.model}
+
+    def analyze(self, image_bytes: bytes, name: str = "image") -> dict[str, Any]:
+        """A photo (JPEG/PNG/WebP bytes) → ``{"faces": [{"box": [x, y, w, h], "scores", "label"}],
+        "model": {"name", "version"}}``; ``faces`` is empty when no face is found."""
+        rgb, scale = decode_image(image_bytes, self.limits, name=name, max_side=self.limits.detect_max_side)
+        return self.analyze_array(rgb, scale)
+
+    def warm_up(self) -> None:
+        """One inference through detector and classifier (first-run allocations, kernels)."""
+        import cv2
+
+        canvas = np.full((256, 256, 3), 128, np.uint8)
+        cv2.circle(canvas, (128, 128), 60, (200, 170, 150), -1)
+        self.analyze_array(canvas)
+        self.classify_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8))

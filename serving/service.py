@@ -1,0 +1,315 @@
+"""The ferflow inference service (BentoML 1.4): faces in, emotions out.
+
+    bentoml serve serving.service:FERService --port 3000      # or: ferflow serve --port 3000
+
+Endpoints (all JSON; errors are ``{"error": "...", "status": 4xx, "type": "..."}``):
+
+- ``POST /predict``        multipart field ``image`` (JPEG/PNG/WebP, any size) →
+  ``{"faces": [{"box": [x, y, w, h], "scores": {class: p}, "label"}], "model": {"name", "version"}}``
+- ``POST /predict_batch``  the field ``image`` repeated → ``{"results": [...], "model": ...}``
+- ``POST /classify``       one pre-cropped face in ``image`` → ``{"scores", "label", "model"}``;
+  requests are grouped by BentoML adaptive batching (``classify_batch``, ``batchable=True``)
+- ``GET /model``           the served model: name, version, classes, limits
+- ``GET /demo``            the web demo (``serving/static``); ``/`` is BentoML's OpenAPI UI
+- ``/livez``, ``/healthz``, ``/readyz`` (ready after model load + warm-up), ``/metrics``
+
+The model is ``FERFLOW_MODEL_URI`` (``models:/ferflow@champion`` through the MLflow registry
+at ``MLFLOW_TRACKING_URI``) or the committed reference model. ``FERFLOW_API_KEY`` turns on
+``Authorization: Bearer`` auth for everything except probes, metrics, docs and the demo page;
+``FERFLOW_MAX_UPLOAD_BYTES`` / ``FERFLOW_MAX_PIXELS`` bound uploads. Logic lives in
+:mod:`ferflow.inference`; this module is the HTTP adapter. TensorFlow is never imported.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+
+from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig
+from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, image_parts, parse_multipart, read_body
+
+STARTED = time.monotonic()
+logger = logging.getLogger("bentoml.ferflow")  # a child of BentoML's configured logger
+
+CONFIG = ServingConfig.from_env()
+STATIC = Path(__file__).parent / "static"
+IMAGE_FIELD = "image"
+WORKERS = int(os.environ.get("FERFLOW_WORKERS", "1"))
+
+# Paths reachable without the API key: probes, metrics, API docs, the demo page and its assets.
+OPEN_PATHS = frozenset(
+    {"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/demo"}
+)
+OPEN_PREFIXES = ("/static/", "/static_content/", "/assets/")
+API_PATHS = frozenset({"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"})
+
+if CONFIG.api_key:
+    # BentoML's in-process client (``self.to_async.classify_batch``) sends this as its bearer
+    # token, so /classify reaches the batched method through the same auth as any client.
+    os.environ["BENTO_CLOUD_API_KEY"] = CONFIG.api_key
+
+REQUEST_ERRORS = bentoml.metrics.Counter(
+    name="ferflow_rejected_requests",
+    documentation="Requests refused with a 4xx, by endpoint and reason",
+    labelnames=["endpoint", "status", "reason"],
+)
+FACES = bentoml.metrics.Histogram(
+    name="ferflow_faces_per_image",
+    documentation="Faces found per analysed image",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64),
+)
+
+
+def error_response(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": message, "status": status, "type": kind}, status_code=status, headers=headers
+    )
+
+
+class ApiKeyMiddleware:
+    """``Authorization: Bearer <FERFLOW_API_KEY>`` on every path but the open ones (pure ASGI)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            message = "missing API key: send the header 'Authorization: Bearer <key>'"
+        elif not hmac.compare_digest(token.strip(), self.key):
+            message = "wrong API key in the Authorization header"
+        else:
+            await self.app(scope, receive, send)
+            return
+        endpoint = path if path in API_PATHS else "other"  # bounded label values
+        REQUEST_ERRORS.labels(endpoint=endpoint, status="401", reason="Unauthorized").inc()
+        response = error_response(
+            401, message, "Unauthorized", {"WWW-Authenticate": 'Bearer realm="ferflow"'}
+        )
+        await response(scope, receive, send)
+
+
+http = FastAPI(
+    title="ferflow",
+    description="Facial emotion recognition: per-face emotion scores for uploaded photos.",
+    docs_url=None,  # BentoML serves the OpenAPI UI at / and the spec at /docs.json
+    redoc_url=None,
+    openapi_url=None,
+)
+http.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+@http.exception_handler(InferenceError)
+async def _inference_error(request: Request, exc: InferenceError) -> JSONResponse:
+    REQUEST_ERRORS.labels(
+        endpoint=request.url.path, status=str(exc.status_code), reason=type(exc).__name__
+    ).inc()
+    return error_response(exc.status_code, exc.message, type(exc).__name__)
+
+
+@http.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), "HTTPException", getattr(exc, "headers", None))
+
+
+@http.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(422, f"invalid request: {exc.errors()}", "RequestValidationError")
+
+
+def _upload_body(max_images: int) -> dict[str, Any]:
+    """OpenAPI description of the multipart body the handlers parse themselves."""
+    image = {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP"}
+    schema = image if max_images == 1 else {"type": "array", "items": image, "maxItems": max_images}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [IMAGE_FIELD],
+                        "properties": {IMAGE_FIELD: schema},
+                    }
+                }
+            },
+        },
+        "responses": {
+            str(code): {"description": text}
+            for code, text in {
+                400: "malformed request (multipart, corrupt or truncated image, missing field)",
+                401: "missing or wrong API key (when FERFLOW_API_KEY is set)",
+                413: "upload or image (pixels, checked before decoding) over the limit",
+                415: "not multipart/form-data, or not a JPEG/PNG/WebP image",
+                422: "image too small",
+            }.items()
+        },
+    }
+
+
+async def _images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
+    per_image = CONFIG.limits.max_upload_bytes
+    limit = (
+        per_image if max_images == 1 else min(per_image * max_images, CONFIG.max_batch_bytes)
+    ) + MULTIPART_OVERHEAD
+    body = await read_body(request.stream(), request.headers.get("content-length"), limit)
+    parts = parse_multipart(body, request.headers.get("content-type"), max_images + MAX_EXTRA_PARTS)
+    if max_images == 1 and sum(p.name == IMAGE_FIELD for p in parts) > 1:
+        raise InferenceError("send one image per /predict or /classify request; several go to /predict_batch")
+    return [(p.label, p.data) for p in image_parts(parts, IMAGE_FIELD, max_images)]
+
+
+@bentoml.service(
+    name="ferflow",
+    workers=WORKERS,
+    traffic={"timeout": 60, "max_concurrency": 256},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+    # /classify reaches classify_batch through BentoML's in-process client, whose session is
+    # replaced every max_requests/max_age; a replacement closes the connections of requests
+    # still in flight (errors under concurrency), so the session lives as long as the worker.
+    runner_connection={"max_requests": 2**62, "max_age": 1e12},
+)
+@bentoml.asgi_app(http, path="/")
+class FERService:
+    """Facial emotion recognition with the ferflow champion (or reference) model."""
+
+    def __init__(self) -> None:
+        started = time.perf_counter()
+        self.recognizer = EmotionRecognizer.from_config(CONFIG)
+        self.recognizer.warm_up()
+        self.ready = True
+        logger.info(
+            "ferflow: serving %s %s (%s, classes %s) in %.2f s; warm-up done %.2f s after process start; "
+            "tensorflow imported: %s; auth %s",
+            self.recognizer.info.name,
+            self.recognizer.info.version,
+            self.recognizer.info.uri,
+            ",".join(self.recognizer.classes),
+            time.perf_counter() - started,
+            time.monotonic() - STARTED,
+            "tensorflow" in sys.modules,
+            "on" if CONFIG.api_key else "off",
+        )
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "ready", False)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=5000)
+    def classify_batch(self, faces: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for uint8 grayscale 48x48 crops ``(N, 48, 48)``.
+
+        The batched method behind ``/classify``; BentoML groups concurrent requests into one call.
+        """
+        try:
+            return self.recognizer.classify_batch(np.asarray(faces, dtype=np.uint8))
+        except InferenceError as exc:
+            raise bentoml.exceptions.InvalidArgument(exc.message) from None
+
+    # --- HTTP routes (FastAPI, mounted on the BentoML app; `self` is the service instance) ---
+
+    @http.post("/predict", openapi_extra=_upload_body(1), tags=["Inference"])
+    async def predict(self, request: Request) -> JSONResponse:
+        """Every face in one photo with its per-class emotion scores."""
+        ((name, data),) = await _images(request, 1)
+        out = await _run(self.recognizer.analyze, data, name)
+        FACES.observe(len(out["faces"]))
+        return JSONResponse(out)
+
+    @http.post("/predict_batch", openapi_extra=_upload_body(CONFIG.max_batch_images), tags=["Inference"])
+    async def predict_batch(self, request: Request) -> JSONResponse:
+        """Several photos at once (the field ``image`` repeated); results in upload order."""
+        images = await _images(request, CONFIG.max_batch_images)
+
+        def analyze_all() -> list[dict[str, Any]]:
+            results = []
+            for i, (name, data) in enumerate(images):
+                try:
+                    out = self.recognizer.analyze(data, name=f"image[{i}] {name}")
+                except InferenceError as exc:  # the whole request fails, naming the image at fault
+                    raise type(exc)(exc.message, exc.status_code) from None
+                results.append({"faces": out["faces"]})
+            return results
+
+        results = await _run(analyze_all)
+        for r in results:
+            FACES.observe(len(r["faces"]))
+        return JSONResponse({"results": results, "model": self.recognizer.model})
+
+    @http.post("/classify", openapi_extra=_upload_body(1), tags=["Inference"])
+    async def classify(self, request: Request) -> JSONResponse:
+        """One pre-cropped face (any size; converted to 48x48 gray) → scores and label."""
+        ((name, data),) = await _images(request, 1)
+        face = await _run(self.recognizer.face_crop, data, name)
+        try:
+            probs = await self.to_async.classify_batch(face[None])
+        except bentoml.exceptions.BentoMLException as exc:
+            if exc.error_code.value == 503:  # the dispatcher sheds load past max_latency_ms
+                return error_response(503, "server overloaded: retry the request later", "ServiceUnavailable")
+            logger.exception("classify_batch failed")
+            return error_response(
+                500, "internal error in classify_batch; see the server log", "InternalError"
+            )
+        except Exception:  # the in-process client's transport (timeouts, cancelled batches)
+            logger.exception("classify_batch call failed")
+            return error_response(
+                503, "batched inference unavailable: retry the request", "ServiceUnavailable"
+            )
+        return JSONResponse({**self.recognizer.result(np.asarray(probs)[0]), "model": self.recognizer.model})
+
+    @http.get("/model", tags=["Inference"])
+    async def model(self) -> JSONResponse:
+        """The served model and the request limits."""
+        rec = self.recognizer
+        limits = CONFIG.limits
+        return JSONResponse(
+            {
+                **rec.model,
+                "classes": rec.classes,
+                "detector": str(CONFIG.face.detector),
+                "limits": {
+                    "max_upload_bytes": limits.max_upload_bytes,
+                    "max_pixels": limits.max_pixels,
+                    "min_side": limits.min_side,
+                    "max_batch_images": CONFIG.max_batch_images,
+                },
+                "auth": bool(CONFIG.api_key),
+            }
+        )
+
+    @http.get("/demo", include_in_schema=False)
+    async def demo(self) -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def _run(func: Any, *args: Any) -> Any:
+    """CPU work off the event loop (ONNX Runtime releases the GIL)."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(func, *args)
+
+
+if CONFIG.api_key:
+    FERService.add_asgi_middleware(ApiKeyMiddleware, api_key=CONFIG.api_key)
+
+__all__ = ["FERService"]

@@ -1,0 +1,535 @@
+"""The inference service against real running servers (``ferflow serve`` / ``bentoml serve``).
+
+Two servers start once per module on free localhost ports: one open, one with an API key and
+small upload limits. The model is the committed reference model when it exists; otherwise a
+small ResNet trained for a few steps on real FERPlus crops and exported to ONNX (session
+fixture, ~30 s). Needs the DVC-pulled FERPlus data and, for some tests, the shared sample
+photos; the demo test needs Debian's chromium (/usr/bin/chromium) and Playwright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from ferflow.config import FERPLUS_EMOTIONS
+from ferflow.inference import (
+    EmptyInput,
+    ImageLimits,
+    ImageTooSmall,
+    InvalidImage,
+    PayloadTooLarge,
+    ServingConfig,
+    UnsupportedFormat,
+    decode_image,
+)
+from ferflow.predict import REFERENCE_MODEL, FerClassifier
+from tests.conftest import ROOT
+
+API_KEY = "test-key-3f9c2b7d"
+AUTH_LIMITS = {"FERFLOW_MAX_UPLOAD_BYTES": str(200 * 1024), "FERFLOW_MAX_PIXELS": str(2_000_000)}
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# A few training steps on real crops: a real (weak) model when no reference model exists yet.
+TRAIN_SMALL_MODEL = """
+import csv, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+import keras
+from ferflow.config import FERPLUS_EMOTIONS
+from ferflow.export import export_onnx
+from ferflow.models import build_model
+from ferflow.preprocess import to_model_input
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+rows = [r for r in csv.reader(open(folder / "label.csv")) if r][:3000]
+x, y = [], []
+for r in rows:
+    votes = np.array([int(v) for v in r[2:10]])
+    if votes.max() * 2 > votes.sum() > 0:
+        x.append(np.asarray(Image.open(folder / r[0]).convert("L")))
+        y.append(int(votes.argmax()))
+keras.utils.set_random_seed(0)
+model = build_model("resnet", len(FERPLUS_EMOTIONS), width=16, depths=(1, 1, 1, 1))
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(to_model_input(np.stack(x)), np.array(y), batch_size=64, epochs=1, steps_per_epoch=25, verbose=0)
+export_onnx(model, out, FERPLUS_EMOTIONS, {"model": "resnet-test"})
+print(out)
+"""
+
+
+@pytest.fixture(scope="session")
+def model_path(ferplus_dir: Path, tmp_path_factory) -> Path:
+    """The reference model, or a small real model trained and exported for these tests."""
+    if REFERENCE_MODEL.is_file():
+        return REFERENCE_MODEL
+    out = tmp_path_factory.mktemp("serving-model") / "model.onnx"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run(
+        [sys.executable, "-c", TRAIN_SMALL_MODEL, str(ferplus_dir / "FER2013Train"), str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=60, **kw)
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+
+def _start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Server:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if server.get("/readyz").status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    _stop(server)
+    raise RuntimeError(f"server not ready in 120 s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGTERM)  # the process group this fixture started
+        try:
+            server.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(5)
+
+
+def _env(model: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FERFLOW_", "MLFLOW_"))}
+    return {**env, "FERFLOW_MODEL": str(model), "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path, tmp_path_factory) -> Iterator[Server]:
+    """``ferflow serve`` (the CLI path) with default limits and no auth."""
+    port = _free_port()
+    ferflow = Path(sys.executable).parent / "ferflow"
+    cmd = [str(ferflow), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    srv = _start(cmd, _env(model_path), port, tmp_path_factory.mktemp("srv") / "server.log")
+    yield srv
+    _stop(srv)
+
+
+@pytest.fixture(scope="module")
+def auth_server(model_path: Path, tmp_path_factory) -> Iterator[Server]:
+    """``bentoml serve`` with FERFLOW_API_KEY and small upload/pixel limits."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:FERService"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    env = _env(model_path, FERFLOW_API_KEY=API_KEY, **AUTH_LIMITS)
+    srv = _start(cmd, env, port, tmp_path_factory.mktemp("auth") / "server.log")
+    yield srv
+    _stop(srv)
+
+
+@pytest.fixture(scope="module")
+def classes(model_path: Path) -> list[str]:
+    return FerClassifier(model_path).classes
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _photos(photos_dir: Path, n: int | None = None) -> list[Path]:
+    with open(photos_dir / "labels.csv", newline="") as f:
+        names = [row["image"] for row in csv.DictReader(f)]
+    return [photos_dir / name for name in names[:n]]
+
+
+def _square_photos(photos_dir: Path, n: int) -> list[Path]:
+    out = [p for p in _photos(photos_dir) if Image.open(p).size == (350, 350)]
+    return out[:n]
+
+
+def _bomb_png(side: int = 20000) -> bytes:
+    """A valid 1-bit ``side`` x ``side`` PNG of a few tens of KB (zlib of zeros)."""
+    raw = zlib.compress(b"\x00" * ((side // 8 + 1) * side), 9)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        body = tag + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def _files(data: bytes, name: str = "photo.jpg", ctype: str = "image/jpeg", field: str = "image") -> dict:
+    return {"files": {field: (name, data, ctype)}}
+
+
+def _assert_error(r: httpx.Response, statuses: set[int], words: str) -> None:
+    assert r.status_code in statuses, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    body = r.json()
+    assert isinstance(body["error"], str) and body["status"] == r.status_code
+    assert words.lower() in body["error"].lower(), body["error"]
+
+
+def _check_face(face: dict, classes: list[str], width: int, height: int) -> None:
+    x, y, w, h = face["box"]
+    assert all(isinstance(v, int) for v in face["box"])
+    assert min(x, y) >= 0 and w > 0 and h > 0 and x + w <= width and y + h <= height
+    assert list(face["scores"]) == classes
+    assert abs(sum(face["scores"].values()) - 1) < 1e-3
+    assert face["label"] == max(face["scores"], key=face["scores"].get)
+
+
+# --- pure logic (no server) ----------------------------------------------------------------
+
+
+def test_decode_image_refuses_bad_input_before_decoding() -> None:
+    limits = ImageLimits(max_upload_bytes=100_000, max_pixels=1_000_000)
+    ok = _encode(Image.new("RGB", (64, 48), (10, 20, 30)), "JPEG")
+    rgb, scale = decode_image(ok, limits)
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8 and scale == 1.0
+    cases = [
+        (b"", EmptyInput, "empty"),
+        (b"hello, world\n" * 10, UnsupportedFormat, "text"),
+        (b"GIF89a" + bytes(100), UnsupportedFormat, "GIF"),
+        (ok[: len(ok) // 2], InvalidImage, "truncated"),
+        (_encode(Image.new("L", (1, 1))), ImageTooSmall, "1x1"),
+        (_encode(Image.new("L", (1001, 1000))), PayloadTooLarge, "before decoding"),
+        (_bomb_png(), PayloadTooLarge, "pixels"),
+        (bytes(100_001), PayloadTooLarge, "upload limit"),
+    ]
+    for data, error, words in cases:
+        with pytest.raises(error, match=f"(?i){words}"):
+            decode_image(data, limits, name="image")
+
+
+def test_serving_config_from_env() -> None:
+    cfg = ServingConfig.from_env({"FERFLOW_MAX_PIXELS": "1000000", "FERFLOW_API_KEY": "s3cr3t-key"})
+    assert cfg.limits.max_pixels == 1_000_000 and cfg.api_key == "s3cr3t-key" and cfg.model_uri is None
+    assert "s3cr3t" not in repr(cfg)  # the key never reaches logs through the config's repr
+    with pytest.raises(ValueError, match="FERFLOW_MAX_UPLOAD_BYTES"):
+        ServingConfig.from_env({"FERFLOW_MAX_UPLOAD_BYTES": "ten"})
+
+
+def test_serve_cli_fails_fast_on_missing_model(tmp_path: Path) -> None:
+    env = {**_env(tmp_path / "absent.onnx")}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ferflow"), "serve", "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "absent.onnx" in out.stderr and "FERFLOW_MODEL_URI" in out.stderr
+
+
+# --- the running server ---------------------------------------------------------------------
+
+
+def test_probes_metrics_docs(server: Server) -> None:
+    for path in ("/livez", "/healthz", "/readyz"):
+        assert server.get(path).status_code == 200
+    paths = server.get("/docs.json").json()["paths"]
+    assert {"/predict", "/predict_batch", "/classify"} <= set(paths)
+    assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
+    server.post("/predict", content=b"x", headers={"content-type": "text/plain"})
+    metrics = server.get("/metrics").text
+    assert "bentoml_service_request_total" in metrics
+    rejected = [line for line in metrics.splitlines() if line.startswith("ferflow_rejected_requests_total{")]
+    assert any(
+        'endpoint="/predict"' in x and 'status="415"' in x and "UnsupportedFormat" in x for x in rejected
+    )
+
+
+def test_predict_real_photos(server: Server, photos_dir: Path, classes: list[str]) -> None:
+    found = 0
+    photos = _photos(photos_dir, 12)
+    for photo in photos:
+        r = server.post("/predict", **_files(photo.read_bytes(), photo.name))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body["model"]) >= {"name", "version"}
+        width, height = Image.open(photo).size
+        for face in body["faces"]:
+            _check_face(face, classes, width, height)
+        found += bool(body["faces"])
+    assert found >= len(photos) - 1
+    if len(classes) == 8:
+        assert classes == list(FERPLUS_EMOTIONS)
+
+
+def test_predict_webp_and_png(server: Server, photos_dir: Path, classes: list[str]) -> None:
+    img = Image.open(_square_photos(photos_dir, 1)[0]).convert("RGB")
+    for fmt, ctype in (("WEBP", "image/webp"), ("PNG", "image/png")):
+        r = server.post("/predict", **_files(_encode(img, fmt), f"x.{fmt.lower()}", ctype))
+        assert r.status_code == 200, r.text
+        assert len(r.json()["faces"]) == 1
+
+
+def test_no_face_is_an_empty_list(server: Server) -> None:
+    rng = np.random.default_rng(0)
+    scenes = [
+        Image.fromarray((rng.random((300, 400, 3)) * 255).astype(np.uint8)),
+        Image.new("RGB", (640, 480), (200, 180, 160)),
+    ]
+    for img in scenes:
+        r = server.post("/predict", **_files(_encode(img, "JPEG")))
+        assert r.status_code == 200, r.text
+        assert r.json()["faces"] == []
+
+
+def test_many_faces_in_a_composed_scene(server: Server, photos_dir: Path, classes: list[str]) -> None:
+    side, cols, rows, pad = 160, 4, 3, 20
+    canvas = Image.new("RGB", (cols * side + 2 * pad, rows * side + 2 * pad), (90, 110, 90))
+    for i, photo in enumerate(_square_photos(photos_dir, cols * rows)):
+        canvas.paste(
+            Image.open(photo).convert("RGB").resize((side, side)),
+            (pad + i % cols * side, pad + i // cols * side),
+        )
+    r = server.post("/predict", **_files(_encode(canvas, "JPEG", quality=90)))
+    assert r.status_code == 200, r.text
+    faces = r.json()["faces"]
+    cells = set()
+    for face in faces:
+        _check_face(face, classes, *canvas.size)
+        x, y, w, h = face["box"]
+        cells.add(((x + w / 2 - pad) // side, (y + h / 2 - pad) // side))
+    assert len(faces) >= 10 and len(cells) == len(faces)  # one face per photo, none twice
+
+
+def test_predict_batch(server: Server, photos_dir: Path) -> None:
+    photos = _square_photos(photos_dir, 3)
+    files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    r = server.post("/predict_batch", files=files)
+    assert r.status_code == 200, r.text
+    single = [server.post("/predict", **_files(p.read_bytes())).json()["faces"] for p in photos]
+    assert [res["faces"] for res in r.json()["results"]] == single
+    bad = [*files[:1], ("image", ("notes.png", b"just text", "image/png"))]
+    _assert_error(server.post("/predict_batch", files=bad), {415}, "image[1]")
+
+
+def test_bad_input_gets_a_json_4xx_and_the_server_stays_up(server: Server, photos_dir: Path) -> None:
+    jpeg = _square_photos(photos_dir, 1)[0].read_bytes()
+    boundary = "XyZ123"
+    multipart = f"multipart/form-data; boundary={boundary}"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + jpeg
+    cases = [
+        ("empty body", dict(content=b""), {415}, "Content-Type"),
+        ("empty multipart body", dict(content=b"", headers={"content-type": multipart}), {400}, "empty"),
+        ("empty file", _files(b""), {400}, "empty upload"),
+        ("non-image bytes", _files(os.urandom(4096), "x.jpg"), {415}, "not a JPEG"),
+        ("truncated JPEG", _files(jpeg[: len(jpeg) // 2]), {400}, "truncated"),
+        ("text named .png", _files(b"I am not a picture\n" * 20, "face.png", "image/png"), {415}, "face.png"),
+        ("1x1 image", _files(_encode(Image.new("RGB", (1, 1))), "dot.png", "image/png"), {422}, "1x1"),
+        ("20000x20000 PNG", _files(_bomb_png(), "bomb.png", "image/png"), {413}, "pixels"),
+        ("36 MP PNG", _files(_encode(Image.new("1", (6000, 6000))), "big.png"), {413}, "before decoding"),
+        ("GIF", _files(_encode(Image.new("RGB", (64, 64)), "GIF"), "a.gif", "image/gif"), {415}, "GIF"),
+        ("JSON body", dict(json={"image": "aGVsbG8="}), {415}, "application/json"),
+        ("raw JPEG body", dict(content=jpeg, headers={"content-type": "image/jpeg"}), {415}, "image/jpeg"),
+        (
+            "no boundary",
+            dict(content=part, headers={"content-type": "multipart/form-data"}),
+            {400},
+            "boundary",
+        ),
+        (
+            "boundary mismatch",
+            dict(content=part, headers={"content-type": multipart + "x"}),
+            {400},
+            "malformed",
+        ),
+        (
+            "no closing boundary",
+            dict(content=part, headers={"content-type": multipart}),
+            {400},
+            "closing boundary",
+        ),
+        ("wrong field", _files(jpeg, field="photo"), {400}, "no field 'image'"),
+        (
+            "two images",
+            dict(files=[("image", ("a.jpg", jpeg)), ("image", ("b.jpg", jpeg))]),
+            {400},
+            "one image",
+        ),
+    ]
+    for name, kwargs, statuses, words in cases:
+        for path in ("/predict", "/classify"):
+            r = server.post(path, **kwargs)
+            try:
+                _assert_error(r, statuses, words)
+            except AssertionError as exc:
+                raise AssertionError(f"{path} {name}: {exc}") from None
+    _assert_error(server.get("/predict"), {405}, "")
+    assert server.get("/livez").status_code == 200
+    assert server.get("/readyz").status_code == 200
+    r = server.post("/predict", **_files(jpeg))
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+
+
+def test_limits_and_api_key(auth_server: Server, photos_dir: Path) -> None:
+    jpeg = _square_photos(photos_dir, 1)[0].read_bytes()
+    ok = {"Authorization": f"Bearer {API_KEY}"}
+    for path in ("/livez", "/healthz", "/readyz", "/metrics", "/demo", "/static/demo.js", "/docs.json"):
+        assert auth_server.get(path).status_code == 200, path  # open without a key
+    for path in ("/predict", "/classify", "/predict_batch", "/classify_batch"):
+        _assert_error(auth_server.post(path, **_files(jpeg)), {401}, "missing API key")
+        r = auth_server.post(path, **_files(jpeg), headers={"Authorization": "Bearer nope"})
+        _assert_error(r, {401}, "wrong API key")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    _assert_error(auth_server.post("/predict", **_files(jpeg), headers={"Authorization": API_KEY}), {401}, "")
+    _assert_error(auth_server.get("/model"), {401}, "missing")
+    r = auth_server.post("/predict", **_files(jpeg), headers=ok)
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+    r = auth_server.post("/classify", **_files(jpeg), headers=ok)  # reaches classify_batch through auth
+    assert r.status_code == 200 and r.json()["label"] in r.json()["scores"]
+    assert auth_server.get("/model", headers=ok).json()["limits"]["max_upload_bytes"] == 200 * 1024
+    # FERFLOW_MAX_UPLOAD_BYTES / FERFLOW_MAX_PIXELS from the environment
+    noisy = Image.fromarray((np.random.default_rng(1).random((400, 400, 3)) * 255).astype(np.uint8))
+    big = _encode(noisy, "PNG")
+    assert len(big) > 200 * 1024
+    _assert_error(auth_server.post("/predict", **_files(big, "n.png"), headers=ok), {413}, "limit")
+    wide = _encode(Image.new("L", (2000, 1001)), "PNG")
+    _assert_error(auth_server.post("/predict", **_files(wide, "w.png"), headers=ok), {413}, "2,000,000")
+    assert auth_server.get("/livez").status_code == 200
+
+
+def test_no_tensorflow_in_the_server(server: Server) -> None:
+    mapped = set()
+    for proc in server.processes():
+        mapped |= {m.path for m in proc.memory_maps()}
+    assert any("onnxruntime" in p for p in mapped)  # the check sees the worker's libraries
+    assert not [p for p in mapped if "tensorflow" in p.lower()]
+    assert "tensorflow imported: False" in server.log.read_text()
+
+
+def test_http_labels_equal_offline_labels(server: Server, ferplus_dir: Path, model_path: Path) -> None:
+    """300 real FERPlus test crops through /classify (adaptive batching) and offline agree."""
+    files = sorted((ferplus_dir / "FER2013Valid").glob("*.png"))[:300]
+    pixels = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+    offline = FerClassifier(model_path).predict_proba(pixels)
+
+    async def run() -> list[dict]:
+        sem = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+            async def one(f: Path) -> dict:
+                async with sem:
+                    r = await client.post("/classify", files={"image": (f.name, f.read_bytes(), "image/png")})
+                    assert r.status_code == 200, r.text
+                    return r.json()
+
+            return await asyncio.gather(*(one(f) for f in files))
+
+    answers = asyncio.run(run())
+    classes = list(answers[0]["scores"])
+    http = np.array([[a["scores"][c] for c in classes] for a in answers])
+    assert [a["label"] for a in answers] == [classes[i] for i in offline.argmax(1)]
+    np.testing.assert_allclose(http, offline, atol=1e-4)
+    batches = [
+        line
+        for line in server.get("/metrics").text.splitlines()
+        if line.startswith("bentoml_service_adaptive_batch_size_count")
+    ]
+    assert batches, "classify_batch did not go through BentoML's adaptive batching"
+
+
+def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    photo = _square_photos(photos_dir, 1)[0]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url + "/demo")
+            page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#overlay .box", timeout=30_000)
+            boxes = page.locator("#overlay .box")
+            assert boxes.count() == 1
+            label = boxes.first.get_attribute("data-label")
+            assert label in page.locator("#model").text_content()
+            assert boxes.first.bounding_box()["width"] > 20  # drawn over the photo, not collapsed
+            assert label in boxes.first.text_content()
+            card = page.locator("#faces .face").first
+            assert card.get_attribute("data-label") == label
+            n_classes = len(json.loads(httpx.get(server.url + "/model").text)["classes"])
+            assert card.locator(".bar").count() == n_classes
+            assert "1 face" in page.locator("#status").text_content()
+            # a bad file shows the server's error message instead of boxes
+            page.set_input_files("#file", [{"name": "x.png", "mimeType": "image/png", "buffer": b"text"}])
+            page.wait_for_function("document.getElementById('status').classList.contains('error')")
+            assert "not a JPEG" in page.locator("#status").text_content()
+            assert not errors, errors
+        finally:
+            browser.close()
