@@ -1,0 +1,240 @@
+"""Kubeflow Pipelines components: one thin ``@dsl.component`` per pipeline step.
+
+Each body turns KFP artifacts into paths and calls the step logic in :mod:`ferflow.pipeline`
+(which calls the library stages). Imports sit inside the bodies because KFP ships a
+lightweight component's source alone into its container; there, the ferflow image provides
+the package (``base_image``), and ``install_kfp_package=False`` because kfp is in it too.
+Locally, ``kfp.local.SubprocessRunner(use_venv=False)`` runs the same bodies in the ferflow venv.
+
+Tuning is three components: ``tune_setup`` (create/resume the Optuna study), ``tune_worker``
+(fanned out with dsl.ParallelFor, every worker on the same RDB study) and ``tune_finalize``
+(fan-in through dsl.Collected; the best parameters feed ``train_model``).
+
+Still to come (see docs/kubeflow.md): ``register_and_promote`` (ferflow.registry, inside the
+pipeline's promotion ``dsl.If``).
+"""
+
+from kfp import dsl
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+    PipelineTaskFinalStatus,
+)
+
+from ferflow.config import PIPELINE_IMAGE
+
+component = dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+
+
+@component
+def resolve_data(source: str, source_format: str, data_version: str) -> str:
+    """Version of the input data (DVC md5, or a file fingerprint); never cached, so that a
+    changed dataset changes the cache key of every step after it."""
+    from ferflow.pipeline import resolve_data as resolve
+
+    return resolve(source, source_format, data_version)["version"]
+
+
+@component
+def pull_and_ingest(
+    source: str,
+    version: str,
+    source_format: str,
+    class_set: str,
+    leakage: str,
+    drop_bad_votes: bool,
+    min_class_count: int,
+    dataset: Output[Dataset],
+    data_docs: Output[HTML],
+    metrics: Output[Metrics],
+):
+    """DVC pull + ingest + Great Expectations gate. Raises (fails the run) when the gate fails."""
+    from ferflow.pipeline import ingest_config, log_metrics, pull_and_ingest_step
+
+    config = ingest_config(source_format, class_set, leakage, drop_bad_votes, min_class_count)
+    data_docs.metadata["index"] = "index.html"
+    out = pull_and_ingest_step(source, version, config, dataset.path, data_docs.path)
+    dataset.metadata.update(out["dataset"])
+    log_metrics(metrics, out["metrics"])
+
+
+@component
+def tune_setup(
+    profile: str,
+    version: str,
+    model_name: str,
+    epochs: int,
+    trials: int,
+    tune_workers: int,
+    limit_train: int,
+    steps_per_epoch: int,
+    track: bool,
+) -> list:
+    """Create (or resume) the run's Optuna study and its MLflow parent run; returns one item
+    (study name, worker index, trial budget) per worker of the dsl.ParallelFor."""
+    from ferflow.pipeline import study_name, tune_config, tune_setup_step
+
+    study = study_name(profile, version, model_name)
+    cfg = tune_config(study, model_name, epochs, trials, tune_workers, limit_train, steps_per_epoch, track)
+    return tune_setup_step(cfg)
+
+
+@component
+def tune_worker(
+    dataset: Input[Dataset],
+    worker: dict,
+    model_name: str,
+    epochs: int,
+    trials: int,
+    tune_workers: int,
+    limit_train: int,
+    steps_per_epoch: int,
+    track: bool,
+) -> int:
+    """One worker of the shared study (its share of the trials, on Train minus the tuning split)."""
+    from ferflow.pipeline import tune_config, tune_worker_step
+
+    cfg = tune_config(
+        worker["study"], model_name, epochs, trials, tune_workers, limit_train, steps_per_epoch, track
+    )
+    return tune_worker_step(cfg, dataset.path, worker)
+
+
+@component
+def tune_finalize(
+    worker_trials: list,
+    profile: str,
+    version: str,
+    model_name: str,
+    epochs: int,
+    trials: int,
+    tune_workers: int,
+    limit_train: int,
+    steps_per_epoch: int,
+    track: bool,
+    study_report: Output[Artifact],
+    metrics: Output[Metrics],
+) -> str:
+    """Fan-in: best parameters as JSON (input of train-model), counts, plots and trials.csv."""
+    from ferflow.pipeline import log_metrics, study_name, tune_config, tune_finalize_step
+
+    study = study_name(profile, version, model_name)
+    cfg = tune_config(study, model_name, epochs, trials, tune_workers, limit_train, steps_per_epoch, track)
+    out = tune_finalize_step(cfg, study_report.path)
+    study_report.metadata.update({**out["study"], "worker_trials": list(worker_trials)})
+    log_metrics(metrics, out["metrics"])
+    return out["best_params"]
+
+
+@component
+def train_model(
+    dataset: Input[Dataset],
+    model_name: str,
+    epochs: int,
+    limit_train: int,
+    steps_per_epoch: int,
+    track: bool,
+    tuned_params: str,
+    model: Output[Model],
+    model_card: Output[Markdown],
+    metrics: Output[Metrics],
+):
+    """Train and export (ONNX + metrics.json + MODEL_CARD.md), tracked in MLflow; ``tuned_params``
+    (JSON from tune-finalize, may be ``{}``) override the TrainConfig defaults."""
+    import shutil
+
+    from ferflow.pipeline import log_metrics, train_config, train_step
+
+    out = train_step(
+        dataset.path,
+        model.path,
+        train_config(model_name, epochs, tuned_params),
+        limit_train,
+        steps_per_epoch,
+        track,
+    )
+    model.metadata.update(out["model"])
+    shutil.copyfile(out["card"], model_card.path)
+    log_metrics(metrics, out["metrics"])
+
+
+@component
+def evaluate_model(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    min_accuracy: float,
+    min_macro_f1: float,
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+) -> bool:
+    """Accuracy, macro-F1, per-class recall, confusion matrix. Returns whether the model clears
+    the profile's quality floor (the promotion dsl.If); the reason is in the metrics' metadata.
+    One unnamed output: kfp.local resolves conditions only on a task's ``Output``."""
+    import json
+
+    from ferflow.pipeline import evaluate_step, log_metrics
+
+    out = evaluate_step(model.path, dataset.path, min_accuracy, min_macro_f1)
+    log_metrics(metrics, out["metrics"])
+    metrics.metadata["reason"] = out["reason"]
+    confusion.log_confusion_matrix(out["classes"], out["confusion_matrix"])
+    with open(confusion.path, "w") as fh:  # a file, so that kfp.local can cache the step
+        json.dump({"classes": out["classes"], "matrix": out["confusion_matrix"]}, fh)
+    return out["blessed"]
+
+
+@component
+def bless_model(model: Input[Model], evaluation: Input[Metrics], blessed_model: Output[Model]):
+    """Inside the promotion dsl.If: the model that passed evaluation, as its own artifact."""
+    from ferflow.pipeline import bless_step
+
+    bless_step(model.path, blessed_model.path)
+    blessed_model.metadata.update(
+        {**model.metadata, "blessed": True, "reason": evaluation.metadata["reason"]}
+    )
+
+
+@component
+def summarize_run(
+    profile: str,
+    dataset: Input[Dataset],
+    data_metrics: Input[Metrics],
+    model: Input[Model],
+    train_metrics: Input[Metrics],
+    eval_metrics: Input[Metrics],
+    blessed: bool,
+    summary: Output[Markdown],
+) -> str:
+    """The run summary (Markdown for the KFP UI; JSON as the output parameter)."""
+    import json
+
+    from ferflow.pipeline import summarize
+
+    data, text = summarize(
+        profile,
+        dict(dataset.metadata),
+        dict(data_metrics.metadata),
+        dict(model.metadata),
+        dict(train_metrics.metadata),
+        dict(eval_metrics.metadata),
+        blessed,
+    )
+    with open(summary.path, "w") as fh:
+        fh.write(text)
+    print(text)
+    return json.dumps(data, default=str)
+
+
+@component
+def record_outcome(status: PipelineTaskFinalStatus, profile: str, track: bool):
+    """Exit handler: records every run's final state (failures included) in MLflow."""
+    from ferflow.pipeline import record_outcome as record
+
+    record(status.state, status.error_message or "", status.pipeline_job_resource_name, profile, track)

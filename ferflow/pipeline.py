@@ -1,0 +1,810 @@
+"""The Kubeflow pipeline stage: step logic behind the KFP components, and compile/run/submit/schedule.
+
+The components in ``components/`` are thin: they turn KFP artifacts into paths and call the
+``*_step`` functions here, which call the library stages (``ferflow.data``, ``ferflow.train``,
+``ferflow.evaluate``). The same pipeline definition (``pipelines/training.py``)
+
+- runs on this machine through ``kfp.local.SubprocessRunner`` (:func:`run_local`),
+- compiles to IR YAML for a cluster (:func:`compile_pipeline`),
+- is submitted or scheduled through ``kfp.Client`` (:func:`submit`, :func:`schedule`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ferflow.config import (
+    DVC_SOURCE,
+    PIPELINE_NAME,
+    ClusterConfig,
+    GateConfig,
+    IngestConfig,
+    LabelScheme,
+    LeakagePolicy,
+    Paths,
+    PipelineProfile,
+    SourceFormat,
+    TrainConfig,
+    TuneConfig,
+)
+
+PIPELINE_MODULE = "pipelines.training"
+RUN_EXPERIMENT = "ferflow-pipeline"  # MLflow experiment of the per-run outcome records
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot be built, compiled, submitted or its input resolved; says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Step logic (called inside the KFP components)
+
+
+def project_root() -> Path:
+    """The checkout the steps work in: ``FERFLOW_HOME`` or the working directory."""
+    return Paths().root.resolve()
+
+
+def fingerprint(path: str | Path) -> str:
+    """Cheap content version of a non-DVC source: names, sizes and mtimes of every file."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"data source {path} does not exist")
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"fp-{h.hexdigest()[:16]}"
+
+
+def dvc_raw_dir(root: Path, source_format: str | SourceFormat) -> Path:
+    if SourceFormat(source_format) is not SourceFormat.FERPLUS:
+        raise PipelineError(f"source 'dvc' holds FERPlus folders; format {source_format!r} needs a path")
+    return Paths(root).ferplus_raw
+
+
+def resolve_data(source: str, source_format: str, data_version: str = "") -> dict[str, str]:
+    """Where the data is and which version it is, without reading images.
+
+    For ``source == "dvc"`` the version is the md5 that ``data.dvc`` pins (the data need not be
+    pulled yet); a non-empty ``data_version`` must equal it. For a folder or CSV it is a
+    :func:`fingerprint`. Downstream steps take the version as input, so a cached ingest is
+    reused exactly while the data is unchanged.
+    """
+    from ferflow.data import dvc_version_of
+
+    if source == DVC_SOURCE:
+        root = project_root()
+        raw = dvc_raw_dir(root, source_format)
+        version = dvc_version_of(raw)
+        if version is None:
+            raise PipelineError(
+                f"source 'dvc': no DVC pointer (data.dvc) tracks {raw} under {root}; run in the ferflow "
+                "checkout or set FERFLOW_HOME to it"
+            )
+        if data_version and data_version != version:
+            raise PipelineError(
+                f"data_version {data_version!r} requested but {root / 'data.dvc'} pins {version!r}; "
+                "check out the commit whose data.dvc has that md5, or leave data_version empty"
+            )
+        return {"path": str(raw), "version": version}
+    path = Path(source).expanduser().resolve()
+    version = fingerprint(path)
+    if data_version and data_version != version:
+        raise PipelineError(f"data_version {data_version!r} requested but {path} is {version!r}")
+    return {"path": str(path), "version": version}
+
+
+def ingest_config(
+    source_format: str, class_set: str, leakage: str, drop_bad_votes: bool, min_class_count: int
+) -> IngestConfig:
+    gate = GateConfig(
+        min_class_count=min_class_count, leakage=LeakagePolicy(leakage), drop_bad_votes=drop_bad_votes
+    )
+    return IngestConfig(SourceFormat(source_format), LabelScheme.MAJORITY, class_set, gate)
+
+
+def pull_and_ingest_step(
+    source: str,
+    version: str,
+    config: IngestConfig,
+    dataset_dir: str | Path,
+    docs_dir: str | Path,
+) -> dict[str, Any]:
+    """DVC-pull (for the project's data), ingest and gate into ``dataset_dir``.
+
+    The GX Data Docs (``index.html`` and the pages it links) and ``summary.json`` land in
+    ``docs_dir`` whether the gate passes or not; a failed gate raises
+    :class:`~ferflow.validate.GateFailed` and writes no dataset.
+    """
+    from ferflow.data import dvc_version_of, ingest
+    from ferflow.validate import GateFailed
+    from ferflow.versioning import pull
+
+    started = time.perf_counter()
+    if source == DVC_SOURCE:
+        root = project_root()
+        src = dvc_raw_dir(root, config.source_format)
+        pull(root, targets=[str(src.relative_to(root))])
+        pulled = dvc_version_of(src)
+        if pulled != version:
+            raise PipelineError(f"pulled data is version {pulled!r}, expected {version!r}")
+    else:
+        src = Path(source).expanduser().resolve()
+    docs_dir = Path(docs_dir)
+    with tempfile.TemporaryDirectory(prefix="ferflow-gate-") as tmp:
+        try:
+            result = ingest(src, dataset_dir, config, report_dir=tmp, progress=False)
+        except GateFailed as exc:
+            _copy_report(Path(tmp), docs_dir)
+            print(exc.report.human(), flush=True)
+            raise
+        _copy_report(Path(tmp), docs_dir)
+    print(result.report.human(), flush=True)
+    s = result.report.summary
+    metrics: dict[str, float] = {
+        "images_read": s["n_rows"],
+        "images_kept": s["n_kept"],
+        "dropped_by_policy": s["n_policy_dropped"],
+        "dropped_by_scheme": s["n_scheme_dropped"],
+        "cross_split_duplicates": s["duplicates"]["cross_split_groups"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    for split, info in result.meta["splits"].items():
+        metrics[f"{split}_images"] = info["n"]
+    dataset_meta = {
+        "version": version,
+        "source": str(src),
+        "source_format": result.meta["source_format"],
+        "class_set": result.meta["class_set"],
+        "classes": result.meta["classes"],
+        "splits": {k: v["n"] for k, v in result.meta["splits"].items()},
+        "gate": "passed",
+    }
+    return {"metrics": metrics, "dataset": dataset_meta}
+
+
+def _copy_report(report: Path, docs_dir: Path) -> None:
+    """Data Docs folder contents to ``docs_dir`` (so ``docs_dir/index.html`` and its links work)."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    if (report / "data_docs").is_dir():
+        shutil.copytree(report / "data_docs", docs_dir, dirs_exist_ok=True)
+    if (report / "summary.json").is_file():
+        shutil.copy2(report / "summary.json", docs_dir / "summary.json")
+
+
+def train_config(model_name: str, epochs: int, tuned_params: str = "") -> TrainConfig:
+    """The final training recipe: ``TrainConfig`` defaults, the tune step's best values on top."""
+    cfg = replace(TrainConfig(), model=model_name, epochs=epochs)
+    params = json.loads(tuned_params) if tuned_params else {}
+    if params:
+        from ferflow.tune import apply_params
+
+        cfg = apply_params(cfg, params)
+    return cfg
+
+
+# tuning: tune-setup ─▶ dsl.ParallelFor(tune-worker × tune_workers) ─▶ tune-finalize ─▶ train-model
+
+
+def study_name(profile: str, version: str, model_name: str) -> str:
+    """One Optuna study per (profile, data version, model): a re-run resumes it, new data starts anew."""
+    return f"{PIPELINE_NAME}-{profile}-{model_name}-{version[:16]}"
+
+
+def tune_config(
+    study: str,
+    model_name: str,
+    epochs: int,
+    trials: int,
+    workers: int,
+    limit_train: int,
+    steps_per_epoch: int,
+    track: bool,
+) -> TuneConfig:
+    """The study of a pipeline run: storage from ``FERFLOW_OPTUNA_STORAGE`` (a Secret on a cluster;
+    the project's ``optuna.db`` locally); trials get at most ``TuneConfig().epochs`` epochs."""
+    base = TuneConfig()
+    return replace(
+        base,
+        study=study,
+        trials=trials,
+        workers=max(1, workers),
+        subset=limit_train,
+        epochs=max(1, min(epochs, base.epochs)),
+        steps_per_epoch=steps_per_epoch,
+        base=replace(base.base, model=model_name),
+        track=track,
+    )
+
+
+def tune_setup_step(cfg: TuneConfig) -> list[dict[str, Any]]:
+    """Create (or resume) the study and its MLflow parent run; one item per ParallelFor worker.
+
+    The items carry the study name and the worker's index and trial budget, so a worker needs
+    no other task's output (kfp.local 2.17 resolves outer task outputs inside a loop as 0.0).
+    """
+    from ferflow.tune import create_study, split_trials
+
+    create_study(cfg)
+    budgets = split_trials(cfg.trials, cfg.workers)
+    return [{"study": cfg.study, "worker": i, "trials": n} for i, n in enumerate(budgets)]
+
+
+def tune_worker_step(cfg: TuneConfig, dataset_dir: str | Path, item: dict[str, Any]) -> int:
+    """One ParallelFor worker: its share of the trial budget on the shared study (Train only)."""
+    from ferflow.tune import run_worker
+
+    cfg = replace(cfg, study=str(item["study"]))
+    return run_worker(cfg, dataset_dir, int(item["trials"]), worker=int(item["worker"]))
+
+
+def tune_finalize_step(cfg: TuneConfig, report_dir: str | Path) -> dict[str, Any]:
+    """Best parameters (JSON for train-model), counts, and the study report (plots, trials.csv)."""
+    from ferflow.tune import finalize_study
+
+    result = finalize_study(cfg, out_dir=report_dir)
+    metrics: dict[str, Any] = {f"trials_{k.lower()}": v for k, v in result.states.items()}
+    metrics["trials_total"] = result.n_trials
+    if result.best_value is not None:
+        metrics["best_tune_accuracy"] = result.best_value
+    return {
+        "best_params": json.dumps(result.best_params),
+        "metrics": metrics,
+        "study": {"study": result.study_name, "storage": result.storage, "best_trial": result.best_trial},
+    }
+
+
+def train_step(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    config: TrainConfig,
+    limit_train: int = 0,
+    steps_per_epoch: int = 0,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Train on the canonical dataset; ``model_dir`` gets model.onnx, metrics.json, MODEL_CARD.md."""
+    from ferflow.train import train
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ferflow-train-") as run_dir:
+        result = train(
+            config,
+            dataset_dir,
+            run_dir=run_dir,
+            track=track,
+            export=True,
+            export_dir=model_dir,
+            steps_per_epoch=steps_per_epoch or None,
+            limit_train=limit_train or None,
+        )
+    test = result.metrics.get("test", {})
+    metrics = {
+        "epochs_run": len(result.history),
+        "train_seconds": round(result.train_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    for key in ("accuracy", "macro_f1", "occluded_accuracy"):
+        if key in test:
+            metrics[f"test_{key}"] = test[key]
+    return {
+        "metrics": metrics,
+        "model": {
+            "framework": "onnx",
+            "model": config.model,
+            "onnx_precision": result.metrics.get("onnx_precision"),
+            "mlflow_run_id": result.mlflow_run_id,
+            "device": result.device.describe(),
+        },
+        "card": Path(model_dir) / "MODEL_CARD.md",
+    }
+
+
+def evaluate_step(
+    model_dir: str | Path, dataset_dir: str | Path, min_accuracy: float, min_macro_f1: float
+) -> dict[str, Any]:
+    """Score the exported model on the most held-out split and decide whether it may be promoted.
+
+    The decision here is the absolute floor of the profile; the registry's champion/challenger
+    gate (infra-validation, no regression) comes after it.
+    """
+    from ferflow.canonical import open_dataset
+    from ferflow.evaluate import evaluate
+
+    started = time.perf_counter()
+    ds = open_dataset(dataset_dir)
+    splits = {s: ds.load(s) for s in ds.splits}
+    out = evaluate(model_dir, splits, ds.classes)
+    acc, f1 = out["accuracy"], out["macro_f1"]
+    failed = []
+    if acc < min_accuracy:
+        failed.append(f"accuracy {acc:.4f} < floor {min_accuracy:.4f}")
+    if f1 < min_macro_f1:
+        failed.append(f"macro-F1 {f1:.4f} < floor {min_macro_f1:.4f}")
+    blessed = not failed
+    reason = (
+        "; ".join(failed)
+        if failed
+        else f"accuracy {acc:.4f} ≥ {min_accuracy:.4f} and macro-F1 {f1:.4f} ≥ {min_macro_f1:.4f}"
+    )
+    metrics = {
+        "accuracy": acc,
+        "macro_f1": f1,
+        "n": out["n"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if "occluded_accuracy" in out:
+        metrics["occluded_accuracy"] = out["occluded_accuracy"]
+    for c, r in out["per_class_recall"].items():
+        metrics[f"recall_{c}"] = r
+    return {
+        "metrics": metrics,
+        "classes": list(out["classes"]),
+        "confusion_matrix": out["confusion_matrix"],
+        "split": out["split"],
+        "blessed": blessed,
+        "reason": reason,
+    }
+
+
+def bless_step(model_dir: str | Path, out_dir: str | Path) -> None:
+    """The blessed model as its own artifact: what the registry step registers."""
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+
+
+def record_outcome(state: str, error: str, job: str, profile: str, track: bool) -> dict[str, str]:
+    """Exit-handler record of a run: printed, and an MLflow run when tracking is on."""
+    record = {"state": state, "error": error or "", "pipeline_job": job, "profile": profile}
+    print(f"ferflow pipeline run {job}: {state}" + (f" — {error}" if error else ""), flush=True)
+    if track:
+        import mlflow
+
+        mlflow.set_tracking_uri(Paths().mlflow_uri)
+        mlflow.set_experiment(RUN_EXPERIMENT)
+        with mlflow.start_run(run_name=job) as run:
+            mlflow.set_tags({f"pipeline.{k}": v[:5000] for k, v in record.items()})
+            record["mlflow_run_id"] = run.info.run_id
+    return record
+
+
+def summarize(
+    profile: str,
+    data: dict[str, Any],
+    data_metrics: dict[str, Any],
+    train: dict[str, Any],
+    train_metrics: dict[str, Any],
+    evaluation: dict[str, Any],
+    blessed: bool,
+) -> tuple[dict[str, Any], str]:
+    """The run summary as JSON and as the Markdown the KFP UI shows."""
+    # KFP metadata is a protobuf Struct: every number comes back a float
+    data, data_metrics, train, train_metrics, evaluation = (
+        _ints(d) for d in (data, data_metrics, train, train_metrics, evaluation)
+    )
+    reason = str(evaluation.pop("reason", ""))
+    summary = {
+        "profile": profile,
+        "data_version": data.get("version"),
+        "data": {"splits": data.get("splits"), "gate": data.get("gate"), **data_metrics},
+        "model": {**train, **train_metrics},
+        "evaluation": evaluation,
+        "blessed": blessed,
+        "reason": reason,
+    }
+    lines = [
+        f"# ferflow training run — profile `{profile}`",
+        "",
+        f"- **Data version**: `{summary['data_version']}`; gate {data.get('gate')}; "
+        f"images kept {data_metrics.get('images_kept')} of {data_metrics.get('images_read')} "
+        f"(splits {data.get('splits')})",
+        f"- **Model**: `{train.get('model')}`, {train_metrics.get('epochs_run')} epochs, "
+        f"{train_metrics.get('train_seconds')} s training on {train.get('device')}, "
+        f"ONNX {train.get('onnx_precision')}; MLflow run `{train.get('mlflow_run_id')}`",
+        f"- **Test accuracy** {evaluation.get('accuracy', float('nan')):.4f}, macro-F1 "
+        f"{evaluation.get('macro_f1', float('nan')):.4f} (n = {evaluation.get('n')})",
+        f"- **Quality floor**: {'passed' if blessed else 'not passed'} — {reason}",
+    ]
+    return summary, "\n".join(lines) + "\n"
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def log_metrics(artifact: Any, values: dict[str, Any]) -> None:
+    """Log numbers on a KFP ``Metrics`` artifact and also write them to its file.
+
+    The file matters: kfp.local treats an output artifact without a file as missing and
+    never serves the task from its cache.
+    """
+    for k, v in values.items():
+        if isinstance(v, bool | int | float):
+            artifact.log_metric(k, float(v))
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(values, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# Building and compiling
+
+
+def load_pipeline(cluster: ClusterConfig | None = None):
+    """The training pipeline function from ``pipelines/training.py``, built for ``cluster``."""
+    try:
+        import pipelines.training as module
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("pipelines", PIPELINE_MODULE):
+            raise
+        root = project_root()
+        if not (root / "pipelines" / "training.py").is_file():
+            raise PipelineError(
+                f"cannot import {PIPELINE_MODULE}: run from the ferflow checkout (or set FERFLOW_HOME "
+                f"to it); {root} has no pipelines/training.py"
+            ) from exc
+        sys.path.insert(0, str(root))
+        import pipelines.training as module
+    return module.build_pipeline(cluster or ClusterConfig())
+
+
+def compile_pipeline(path: str | Path, cluster: ClusterConfig | None = None) -> Path:
+    """Write the IR YAML of the training pipeline to ``path``."""
+    from kfp import compiler
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(load_pipeline(cluster), package_path=str(path))
+    return path
+
+
+def read_pipeline_spec(path: str | Path):
+    """Parse a compiled IR YAML back into ``PipelineSpec`` (and the platform spec, if any)."""
+    import yaml
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    if not docs:
+        raise PipelineError(f"{path}: empty pipeline file")
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    platform = None
+    if len(docs) > 1:
+        platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    return spec, platform
+
+
+def pipeline_arguments(profile: PipelineProfile, **overrides: Any) -> dict[str, Any]:
+    """Runtime parameters of a run: the profile's, with non-None ``overrides`` on top."""
+    args = profile.arguments()
+    unknown = set(overrides) - set(args)
+    if unknown:
+        raise PipelineError(f"unknown pipeline parameters {sorted(unknown)}; known: {sorted(args)}")
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Local runs (kfp.local)
+
+_TASK_START = re.compile(r"Executing task '([^']+)'")
+_TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_CACHE_HIT = re.compile(r"Task (\S+) cache hit")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "running"
+    seconds: float = 0.0
+    cached: bool = False
+    _started: float = 0.0
+
+
+@dataclass
+class LocalRun:
+    """What :func:`run_local` saw: per-step status and time, the summary, the failure."""
+
+    arguments: dict[str, Any]
+    run_dir: Path | None
+    log_path: Path
+    seconds: float
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    failed_step: str | None = None
+    gate_report: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+    def render(self) -> str:
+        lines = [f"pipeline {'SUCCEEDED' if self.succeeded else 'FAILED'} in {self.seconds:.1f} s"]
+        lines.append(f"  {'step':<18}{'status':<10}{'seconds':>9}")
+        for s in self.steps.values():
+            status = "cached" if s.cached else s.status.lower()
+            lines.append(f"  {s.name:<18}{status:<10}{s.seconds:>9.1f}")
+        if self.summary:
+            sm = self.summary
+            d, m, e = sm["data"], sm["model"], sm["evaluation"]
+            nan = float("nan")
+            lines += [
+                f"data version:  {sm['data_version']} (gate {d.get('gate')}, {d.get('images_kept')} of "
+                f"{d.get('images_read')} images kept, splits {d.get('splits')})",
+                f"model:         {m.get('model')}, {m.get('epochs_run')} epochs, {m.get('train_seconds')} s "
+                f"training on {m.get('device')}",
+                f"mlflow run:    {m.get('mlflow_run_id')}",
+                f"test accuracy: {e.get('accuracy', nan):.4f}   macro-F1: {e.get('macro_f1', nan):.4f}   "
+                f"occluded: {e.get('occluded_accuracy', nan):.4f}   (n = {e.get('n')})",
+                f"quality floor: {'passed' if sm['blessed'] else 'NOT passed'} — {sm['reason']}",
+            ]
+        if self.error:
+            lines.append(f"failed step:   {self.failed_step or 'unknown'}")
+            if self.gate_report:
+                lines.append("data gate:     FAILED")
+                for f in self.gate_report.get("findings", []):
+                    named = ", ".join((f.get("details") or f.get("sources") or [])[:5])
+                    lines.append(f"  {f['check']}: {f['description']} — {f['count']} offending: {named}")
+            lines.append(f"error:         {self.error}")
+        if self.run_dir is not None:
+            lines.append(f"outputs:       {self.run_dir}")
+        lines.append(f"log:           {self.log_path}")
+        return "\n".join(lines)
+
+
+class _Progress(io.TextIOBase):
+    """Tee for kfp.local's output: everything to the log file, step lines to ``echo``."""
+
+    def __init__(self, log, echo, verbose: bool, steps: dict[str, StepRecord]):
+        self.log, self.echo, self.verbose, self.steps = log, echo, verbose, steps
+        self._buf = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.verbose:
+            self.echo.write(text)
+            self.echo.flush()
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _line(self, line: str) -> None:
+        now = time.perf_counter()
+        if m := _TASK_START.search(line):
+            self.steps[m[1]] = StepRecord(m[1], _started=now)
+            self._say(f"▶ {m[1]}")
+        elif m := _CACHE_HIT.search(line):  # cached steps are never "executed"
+            self.steps[m[1]] = StepRecord(m[1], status="SUCCESS", cached=True)
+            self._say(f"  {m[1]}: cached")
+        elif m := _TASK_END.search(line):
+            step = self.steps.setdefault(m[1], StepRecord(m[1], _started=now))
+            step.status, step.seconds = m[2], now - step._started
+            tag = "cached" if step.cached else m[2].lower()
+            self._say(f"  {m[1]}: {tag} ({step.seconds:.1f} s)")
+
+    def _say(self, text: str) -> None:
+        if not self.verbose:
+            self.echo.write(text + "\n")
+            self.echo.flush()
+
+
+class _LogHandler(logging.Handler):
+    def __init__(self, stream: _Progress):
+        super().__init__(logging.INFO)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write(self.format(record) + "\n")
+
+
+@contextlib.contextmanager
+def _capture(progress: _Progress) -> Iterator[None]:
+    """kfp.local logs through the root logger (handlers it installs on sys.stdout) and
+    ``print``; route both through ``progress``. Cache hits are logged outside its context."""
+    root = logging.getLogger()
+    handler = _LogHandler(progress)
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(progress):
+            yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def run_local(
+    arguments: dict[str, Any],
+    pipeline_root: str | Path | None = None,
+    cache: bool = True,
+    verbose: bool = False,
+    echo=None,
+) -> LocalRun:
+    """Run the training pipeline on this machine with ``kfp.local.SubprocessRunner``.
+
+    Steps run as subprocesses of this interpreter (the ferflow venv, ``use_venv=False``); with
+    ``cache`` an unchanged step is served from ``pipeline_root/.kfp_cache``. Never raises for a
+    failed step: the returned :class:`LocalRun` says which step failed and why.
+    """
+    from kfp import local
+
+    echo = echo or sys.stdout
+    root = project_root()
+    os.environ.setdefault("FERFLOW_HOME", str(root))  # the step subprocesses inherit it
+    pipeline_root = Path(pipeline_root or Paths(root).artifacts / "pipeline").resolve()
+    (pipeline_root / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = pipeline_root / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+    pipeline = load_pipeline(ClusterConfig(retries=0))  # local failures are not transient
+    local.init(
+        local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        enable_caching=cache,
+        raise_on_error=True,
+    )
+    steps: dict[str, StepRecord] = {}
+    error = None
+    started = time.perf_counter()
+    wall_start = time.time()
+    with log_path.open("w") as log, warnings.catch_warnings():
+        # kfp.local warns that the ferflow image is not used and cluster settings are ignored:
+        # both expected with SubprocessRunner(use_venv=False)
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="kfp.local")
+        warnings.filterwarnings("ignore", category=UserWarning, module="kfp.local")
+        progress = _Progress(log, echo, verbose, steps)
+        with _capture(progress):
+            try:
+                pipeline(**arguments)
+            except RuntimeError as exc:
+                error = _ANSI.sub("", str(exc))
+    run = LocalRun(
+        arguments, _run_dir(pipeline_root, wall_start), log_path, time.perf_counter() - started, steps
+    )
+    run.error = error
+    _collect(run)
+    return run
+
+
+def _run_dir(pipeline_root: Path, since: float) -> Path | None:
+    runs = [
+        p for p in pipeline_root.glob(f"{PIPELINE_NAME}-*") if p.is_dir() and p.stat().st_mtime >= since - 1
+    ]
+    return max(runs, key=lambda p: p.name) if runs else None
+
+
+def _collect(run: LocalRun) -> None:
+    if run.run_dir is None:
+        return
+    out = run.run_dir / "summarize-run" / "executor_output.json"
+    if out.is_file():
+        params = json.loads(out.read_text()).get("parameterValues", {})
+        if "Output" in params:
+            run.summary = json.loads(params["Output"])
+    if run.error:
+        failed = [s.name for s in run.steps.values() if s.status.upper() == "FAILURE"]
+        run.failed_step = failed[0] if failed else None
+        gate = run.run_dir / "pull-and-ingest" / "data_docs" / "summary.json"
+        if gate.is_file():
+            report = json.loads(gate.read_text())
+            if not report.get("passed", True):
+                run.gate_report = report
+
+
+# --------------------------------------------------------------------------------------------
+# A cluster: kfp.Client
+
+_CRON_FIELDS = 6
+
+
+def validate_cron(expr: str) -> str:
+    """KFP's scheduler takes 6-field cron (``second minute hour day month weekday``)."""
+    fields = expr.split()
+    if len(fields) != _CRON_FIELDS:
+        hint = f" — for a 5-field crontab prepend the seconds: '0 {expr}'" if len(fields) == 5 else ""
+        raise PipelineError(
+            f"cron {expr!r} has {len(fields)} fields; Kubeflow needs 6 "
+            f"(second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *'){hint}"
+        )
+    return expr
+
+
+def client(host: str, namespace: str | None = None, token: str | None = None):
+    """A ``kfp.Client`` for ``host`` (in-cluster ServiceAccount tokens are picked up by kfp)."""
+    import kfp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+
+
+@contextlib.contextmanager
+def _package(package: str | Path | None, cluster: ClusterConfig | None) -> Iterator[str]:
+    if package is not None:
+        if not Path(package).is_file():
+            raise PipelineError(f"pipeline package {package} does not exist")
+        yield str(package)
+        return
+    with tempfile.TemporaryDirectory(prefix="ferflow-kfp-") as tmp:
+        yield str(compile_pipeline(Path(tmp) / f"{PIPELINE_NAME}.yaml", cluster))
+
+
+def submit(
+    host: str,
+    arguments: dict[str, Any],
+    experiment: str = "ferflow",
+    run_name: str | None = None,
+    namespace: str | None = None,
+    package: str | Path | None = None,
+    cluster: ClusterConfig | None = None,
+    kfp_client=None,
+) -> str:
+    """Create one run of the training pipeline on the KFP API at ``host``; returns the run id."""
+    kfp_client = kfp_client or client(host, namespace)
+    with _package(package, cluster) as path:
+        result = kfp_client.create_run_from_pipeline_package(
+            path,
+            arguments=arguments,
+            run_name=run_name
+            or f"{PIPELINE_NAME} {arguments.get('profile', '')} {time.strftime('%Y-%m-%d %H-%M-%S')}",
+            experiment_name=experiment,
+            namespace=namespace,
+        )
+    return result.run_id
+
+
+def schedule(
+    host: str,
+    cron: str,
+    arguments: dict[str, Any],
+    experiment: str = "ferflow",
+    name: str | None = None,
+    namespace: str | None = None,
+    max_concurrency: int = 1,
+    catchup: bool = False,
+    package: str | Path | None = None,
+    cluster: ClusterConfig | None = None,
+    kfp_client=None,
+):
+    """Create a recurring run (KFP ``RecurringRun``) of the training pipeline on a cron schedule."""
+    validate_cron(cron)
+    kfp_client = kfp_client or client(host, namespace)
+    exp = kfp_client.create_experiment(name=experiment, namespace=namespace)
+    with _package(package, cluster) as path:
+        return kfp_client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=name or f"{PIPELINE_NAME}-{arguments.get('profile', 'run')}",
+            description=f"scheduled retraining ({cron}), profile {arguments.get('profile')}",
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            no_catchup=not catchup,
+            params=arguments,
+            pipeline_package_path=path,
+        )

@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions (compiled and run through ``ferflow pipeline``)."""

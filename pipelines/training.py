@@ -1,0 +1,177 @@
+"""The ferflow training pipeline: data → gate → train → evaluate → promotion gate.
+
+    resolve-data ─▶ pull-and-ingest ─▶ tune-setup ─▶ ParallelFor(tune-worker) ─▶ tune-finalize ─┐
+    (never cached)   (DVC, GX gate:      (Optuna study  (one RDB study,          (best params,  │
+                      fails the run)      + MLflow run)  trials split)            plots)        │
+    ┌──────────────────────────────────────────────────────────────────────────────────────────┘
+    └▶ train-model ─▶ evaluate-model ─▶ summarize-run
+       (MLflow,       (Metrics,
+        ONNX, card)    ClassificationMetrics)
+                      └─ dsl.If blessed ─▶ bless-model (register-and-promote joins here)
+    all inside dsl.ExitHandler(record-outcome)
+
+Parameters are the fields of :class:`ferflow.config.PipelineProfile` (``profile.arguments()``);
+their defaults are the ``default`` profile's. Caching is on for every step except the three
+that must always run: resolve-data (the data may have changed), summarize-run and the exit
+handler. ``build_pipeline(cluster)`` adds the cluster-only settings (resources, accelerators,
+retries, node selectors) at compile time; kfp.local ignores them.
+"""
+
+from kfp import dsl
+
+from components import (
+    bless_model,
+    evaluate_model,
+    pull_and_ingest,
+    record_outcome,
+    resolve_data,
+    summarize_run,
+    train_model,
+    tune_finalize,
+    tune_setup,
+    tune_worker,
+)
+from ferflow.config import PIPELINE_NAME, PROFILES, ClusterConfig
+
+_D = PROFILES["default"].arguments()
+
+
+def _kubernetes():
+    try:
+        from kfp import kubernetes
+    except ImportError as exc:
+        raise RuntimeError(
+            "node selectors, tolerations and secrets need the kfp-kubernetes package "
+            "(pip install kfp-kubernetes==2.17.0, compatible with kfp 2.17.0)"
+        ) from exc
+    return kubernetes
+
+
+def _configure_cluster(
+    task: dsl.PipelineTask, cluster: ClusterConfig, heavy: bool = False, retry: bool = True
+) -> None:
+    """Cluster-only settings; kfp.local ignores all of them."""
+    if cluster.secret_env:
+        kubernetes = _kubernetes()
+        for env, secret, key in cluster.secret_env:
+            kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: env})
+    if retry and cluster.retries:
+        task.set_retry(
+            num_retries=cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0
+        )
+    if not heavy:
+        return
+    task.set_cpu_request(cluster.train_cpu).set_memory_request(cluster.train_memory)
+    task.set_memory_limit(cluster.train_memory)
+    if cluster.gpus:
+        task.set_accelerator_type(cluster.accelerator).set_accelerator_limit(cluster.gpus)
+    if cluster.node_selector or cluster.tolerations:
+        kubernetes = _kubernetes()
+        for key, value in cluster.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for key, value, effect in cluster.tolerations:
+            kubernetes.add_toleration(task, key=key, operator="Equal", value=value, effect=effect)
+
+
+def build_pipeline(cluster: ClusterConfig | None = None):
+    """The training pipeline function, with ``cluster`` settings applied to its tasks."""
+    cluster = cluster or ClusterConfig()
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="ferflow: DVC data → GX gate → RAN training → evaluation → promotion gate.",
+    )
+    def training_pipeline(
+        profile: str = _D["profile"],
+        source: str = _D["source"],
+        source_format: str = _D["source_format"],
+        data_version: str = _D["data_version"],
+        class_set: str = _D["class_set"],
+        leakage: str = _D["leakage"],
+        drop_bad_votes: bool = _D["drop_bad_votes"],
+        min_class_count: int = _D["min_class_count"],
+        model_name: str = _D["model_name"],
+        epochs: int = _D["epochs"],
+        limit_train: int = _D["limit_train"],
+        steps_per_epoch: int = _D["steps_per_epoch"],
+        min_accuracy: float = _D["min_accuracy"],
+        min_macro_f1: float = _D["min_macro_f1"],
+        track: bool = _D["track"],
+        trials: int = _D["trials"],
+        tune_workers: int = _D["tune_workers"],
+    ):
+        outcome = record_outcome(profile=profile, track=track).set_caching_options(False)
+        _configure_cluster(outcome, cluster)
+        with dsl.ExitHandler(outcome, name="ferflow-run"):
+            version = resolve_data(source=source, source_format=source_format, data_version=data_version)
+            version.set_caching_options(False)
+            _configure_cluster(version, cluster, retry=False)
+            data = pull_and_ingest(
+                source=source,
+                version=version.output,
+                source_format=source_format,
+                class_set=class_set,
+                leakage=leakage,
+                drop_bad_votes=drop_bad_votes,
+                min_class_count=min_class_count,
+            )
+            _configure_cluster(data, cluster, retry=False)  # a failed gate is not transient
+            study = dict(
+                profile=profile,
+                version=version.output,
+                model_name=model_name,
+                epochs=epochs,
+                trials=trials,
+                tune_workers=tune_workers,
+                limit_train=limit_train,
+                steps_per_epoch=steps_per_epoch,
+                track=track,
+            )
+            setup = tune_setup(**study)
+            _configure_cluster(setup, cluster)
+            loop_args = {k: v for k, v in study.items() if k not in ("profile", "version")}
+            with dsl.ParallelFor(setup.output, name="tune-workers") as item:
+                # the item carries the study name: no outer task output enters the loop body
+                worker = tune_worker(dataset=data.outputs["dataset"], worker=item, **loop_args)
+                _configure_cluster(worker, cluster, heavy=True)
+            tuned = tune_finalize(worker_trials=dsl.Collected(worker.output), **study)
+            _configure_cluster(tuned, cluster)
+            trained = train_model(
+                dataset=data.outputs["dataset"],
+                model_name=model_name,
+                epochs=epochs,
+                limit_train=limit_train,
+                steps_per_epoch=steps_per_epoch,
+                track=track,
+                tuned_params=tuned.outputs["Output"],
+            )
+            _configure_cluster(trained, cluster, heavy=True)
+            evaluation = evaluate_model(
+                model=trained.outputs["model"],
+                dataset=data.outputs["dataset"],
+                min_accuracy=min_accuracy,
+                min_macro_f1=min_macro_f1,
+            )
+            _configure_cluster(evaluation, cluster)
+            with dsl.If(evaluation.outputs["Output"] == True, name="promotion-gate"):  # noqa: E712
+                blessed = bless_model(
+                    model=trained.outputs["model"], evaluation=evaluation.outputs["metrics"]
+                )
+                _configure_cluster(blessed, cluster)
+                # register_and_promote(model=..., ...) joins here once ferflow.registry exists:
+                # infra-validation + champion/challenger comparison, never cached.
+            summary = summarize_run(
+                profile=profile,
+                dataset=data.outputs["dataset"],
+                data_metrics=data.outputs["metrics"],
+                model=trained.outputs["model"],
+                train_metrics=trained.outputs["metrics"],
+                eval_metrics=evaluation.outputs["metrics"],
+                blessed=evaluation.outputs["Output"],
+            ).set_caching_options(False)
+            _configure_cluster(summary, cluster)
+
+    return training_pipeline
+
+
+training_pipeline = build_pipeline()
