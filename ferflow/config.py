@@ -295,7 +295,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 64
     optimizer: OptimizerName = OptimizerName.ADAMW
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 0.05
     schedule: ScheduleName = ScheduleName.COSINE
     warmup_epochs: float = 1.0

@@ -1,0 +1,702 @@
+"""Tuning stage: an Optuna study over the training recipe, pruned per epoch, shared by workers.
+
+``run_study(cfg, dataset)`` does, in order:
+
+1. **study**: :func:`create_study` creates (or, with the same name, resumes) the study in an
+   RDB storage — a SQLite file by default, any SQLAlchemy URL (PostgreSQL) unchanged — and
+   its MLflow parent run (the run id lives in the study's user attributes, so every worker
+   and every resumption logs under the same parent);
+2. **workers**: :func:`run_worker` runs trials in this process, or ``cfg.workers`` processes
+   share the study (each pinned to its own core when they fit, TensorFlow limited to that
+   core). Every trial samples :class:`~ferflow.config.TuneSpace` with a seeded TPE sampler,
+   trains :func:`ferflow.train.train` on Train minus the tuning split, and reports the
+   tuning-split accuracy after every epoch to the pruner; a pruned trial stops training at the
+   end of that epoch. Exceptions and NaN losses mark the trial failed; the study goes on.
+   Each trial is a nested MLflow run with its parameters and per-epoch curve;
+3. **finalize**: :func:`finalize_study` puts the best parameters, optimisation-history,
+   intermediate-values and parameter-importance plots and the trials table on the parent run.
+
+The dataset's ``valid`` split is the test set: only ``train`` is ever loaded here.
+:func:`best_train_config` turns the study's best trial into the final ``TrainConfig``
+(``ferflow train --from-study NAME``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferflow.canonical import CanonicalDataset, Split, open_dataset
+from ferflow.config import LabelScheme, Paths, PrunerName, TrainConfig, TuneConfig
+
+TUNED_PARAMS: tuple[str, ...] = (
+    "learning_rate",
+    "weight_decay",
+    "width",
+    "dropout",
+    "erase_prob",
+    "rotation_deg",
+    "label_scheme",
+    "rb_margin",
+    "batch_size",
+)
+"""Names of the searched hyper-parameters (Optuna parameter names = TrainConfig/AugmentConfig fields)."""
+
+_AUGMENT_PARAMS = ("erase_prob", "rotation_deg")
+PARENT_RUN_ATTR = "mlflow_run_id"
+
+TuningData = tuple[dict[str, Split], dict[str, Any]]
+
+
+class TuneError(RuntimeError):
+    """The study cannot be created, loaded or summarised; says which and why."""
+
+
+# ----------------------------------------------------------------------------------------
+# storage, sampler, pruner
+
+
+def redact(url: str) -> str:
+    """The storage URL with its password hidden (safe for logs and MLflow tags)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: let Optuna report it; hide nothing sensitive here
+        return url.split("@")[-1] if "@" in url else url
+
+
+def storage(url: str):
+    """An Optuna RDB storage for ``url``; stale trials of killed workers fail after 3 minutes."""
+    import optuna
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # several processes share one file
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+        )
+    except Exception as exc:
+        raise TuneError(f"Optuna storage {redact(url)}: {exc}") from exc
+
+
+def make_sampler(cfg: TuneConfig, seed_offset: int = 0, parallel: bool = False):
+    """Seeded TPE. ``seed_offset`` differs per worker and per resumption (no repeated draws)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        n_startup_trials=cfg.startup_trials, seed=cfg.seed + seed_offset, constant_liar=parallel
+    )
+
+
+def make_pruner(cfg: TuneConfig):
+    import optuna
+
+    name = PrunerName(cfg.pruner)
+    if name is PrunerName.MEDIAN:
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
+        )
+    if name is PrunerName.HYPERBAND:
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max(1, cfg.epochs), reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+# ----------------------------------------------------------------------------------------
+# search space
+
+
+def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
+    """Sample :class:`~ferflow.config.TuneSpace`; returns Optuna's parameter dict."""
+    s = cfg.space
+
+    def num(name: str, bounds: tuple[float, float], log: bool = False) -> float:
+        lo, hi = bounds
+        if not lo <= hi:
+            raise ValueError(f"TuneSpace.{name}: low {lo} > high {hi}")
+        return trial.suggest_float(name, lo, hi, log=log and lo > 0)
+
+    params = {
+        "learning_rate": num("learning_rate", s.learning_rate, log=True),
+        "weight_decay": num("weight_decay", s.weight_decay, log=True),
+        "width": trial.suggest_categorical("width", list(s.width)),
+        "dropout": num("dropout", s.dropout),
+        "erase_prob": num("erase_prob", s.erase_prob),
+        "rotation_deg": num("rotation_deg", s.rotation_deg),
+        "label_scheme": trial.suggest_categorical(
+            "label_scheme", [LabelScheme(x).value for x in s.label_scheme]
+        ),
+        "rb_margin": num("rb_margin", s.rb_margin),
+        "batch_size": trial.suggest_categorical("batch_size", list(s.batch_size)),
+    }
+    return params
+
+
+def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """``base`` with tuned values on top (unknown names are an error, not silently ignored)."""
+    unknown = set(params) - set(TUNED_PARAMS)
+    if unknown:
+        raise ValueError(f"unknown tuned parameters {sorted(unknown)}; known: {list(TUNED_PARAMS)}")
+    top = {k: v for k, v in params.items() if k not in _AUGMENT_PARAMS}
+    if "label_scheme" in top:
+        top["label_scheme"] = LabelScheme(top["label_scheme"])
+    for key in ("width", "batch_size"):
+        if key in top:
+            top[key] = int(top[key])
+    aug = {k: float(params[k]) for k in _AUGMENT_PARAMS if k in params}
+    return replace(base, **top, augment=replace(base.augment, **aug))
+
+
+def trial_config(cfg: TuneConfig, params: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig one trial trains: the base recipe, tuned values, the trial's epoch budget."""
+    return replace(apply_params(cfg.base, params), epochs=cfg.epochs, quantize_int8=False)
+
+
+# ----------------------------------------------------------------------------------------
+# data
+
+
+def load_tuning_data(dataset: str | Path | CanonicalDataset | TuningData) -> TuningData:
+    """Only the ``train`` split (trials carve their tuning split from it); ``valid`` stays unread."""
+    if isinstance(dataset, tuple):
+        splits, meta = dataset
+        if "train" not in splits:
+            raise ValueError("tuning data has no 'train' split")
+        return {"train": splits["train"]}, meta
+    ds = dataset if isinstance(dataset, CanonicalDataset) else open_dataset(dataset)
+    if "train" not in ds.splits:
+        raise ValueError(f"dataset {ds.root} has no 'train' split")
+    return {"train": ds.load("train")}, ds.meta
+
+
+# ----------------------------------------------------------------------------------------
+# MLflow
+
+
+class _Tracker:
+    """MLflow through the client API: no active-run state, so workers and trials never collide."""
+
+    def __init__(self, cfg: TuneConfig):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=Paths().mlflow_uri)
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            try:
+                self.experiment_id = self.client.create_experiment(cfg.experiment)
+            except mlflow.exceptions.MlflowException:  # another worker created it meanwhile
+                self.experiment_id = self.client.get_experiment_by_name(cfg.experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def parent(self, study, cfg: TuneConfig) -> str:
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id:
+            with contextlib.suppress(Exception):
+                if self.client.get_run(run_id).info.run_id == run_id:
+                    self.client.update_run(run_id, status="RUNNING")
+                    return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"study {study.study_name}",
+            tags={"optuna.study": study.study_name, "optuna.storage": redact(cfg.storage_url)},
+        )
+        run_id = run.info.run_id
+        space = {f"space.{k}": json.dumps(v) for k, v in _jsonable(asdict(cfg.space)).items()}
+        self.log_params(run_id, {**space, "epochs_per_trial": cfg.epochs, "subset": cfg.subset})
+        study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        return run_id
+
+    def trial(self, parent_id: str, study_name: str, number: int, params: dict[str, Any], extra: dict) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial {number}",
+            tags={"mlflow.parentRunId": parent_id, "optuna.study": study_name, "optuna.trial": str(number)},
+        )
+        self.log_params(run.info.run_id, {**params, **extra})
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def finish(self, run_id: str, state: str, tags: dict[str, str] | None = None) -> None:
+        for k, v in (tags or {}).items():
+            self.client.set_tag(run_id, k, v)
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        self.client.set_terminated(run_id, status=status)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: getattr(v, "value", str(v))))
+
+
+# ----------------------------------------------------------------------------------------
+# the objective
+
+
+def _pruning_callback_class():
+    import keras
+
+    class OptunaReport(keras.callbacks.Callback):
+        """After each epoch: report the tuning-split accuracy; stop cleanly if pruned or NaN.
+
+        It only sets ``stop_training``; the objective raises ``TrialPruned`` (or fails the
+        trial for a NaN loss) once ``train`` has returned, so checkpoints and files close.
+        """
+
+        def __init__(self, trial, on_epoch=None, monitor: str = "val_accuracy"):
+            super().__init__()
+            self.trial, self.on_epoch, self.monitor = trial, on_epoch, monitor
+            self.values: list[float] = []
+            self.pruned_at: int | None = None
+            self.nan_at: int | None = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            if self.on_epoch:
+                self.on_epoch(epoch, logs)
+            if not math.isfinite(logs.get("loss", 0.0)):
+                self.nan_at = epoch
+                self.model.stop_training = True
+                return
+            value = logs.get(self.monitor)
+            if value is None:
+                raise KeyError(f"no {self.monitor!r} in the epoch logs {sorted(logs)}")
+            self.values.append(value)
+            self.trial.report(value, epoch)
+            if self.trial.should_prune():
+                self.pruned_at = epoch
+                self.model.stop_training = True
+
+    return OptunaReport
+
+
+@dataclass
+class Objective:
+    """The function Optuna calls per trial: sample, train on the tuning data, report, score."""
+
+    cfg: TuneConfig
+    data: TuningData
+    parent_run_id: str | None = None
+    worker: int = 0
+    callbacks: Sequence[Any] = ()  # extra Keras callbacks for every trial (tests, profiling)
+    verbose: bool = True
+    calls: int = 0  # trials this objective has run
+    _tracker: _Tracker | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.cfg.track and self.parent_run_id:
+            self._tracker = _Tracker(self.cfg)
+
+    def __call__(self, trial) -> float:
+        import keras
+        import optuna
+
+        from ferflow.train import train
+
+        started = time.perf_counter()
+        self.calls += 1
+        params = suggest(trial, self.cfg)
+        tcfg = trial_config(self.cfg, params)
+        trial.set_user_attr("worker", self.worker)
+        run_id = None
+        if self._tracker:
+            extra = {"epochs": self.cfg.epochs, "subset": self.cfg.subset, "worker": self.worker}
+            run_id = self._tracker.trial(
+                self.parent_run_id, trial.study.study_name, trial.number, params, extra
+            )
+            trial.set_user_attr("mlflow_run_id", run_id)
+        tracker = self._tracker
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            if tracker and run_id:
+                tracker.log_metrics(run_id, {k: v for k, v in logs.items() if math.isfinite(v)}, step=epoch)
+
+        report = _pruning_callback_class()(trial, on_epoch)
+        state, value, reason = "FAIL", None, ""
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"ferflow-trial{trial.number}-") as run_dir:
+                result = train(
+                    tcfg,
+                    self.data,
+                    run_dir,
+                    track=False,
+                    export=False,
+                    steps_per_epoch=self.cfg.steps_per_epoch or None,
+                    limit_train=self.cfg.subset or None,
+                    callbacks=[report, *self.callbacks],
+                    verbose=0,
+                )
+            trial.set_user_attr("epochs_run", len(result.history))
+            if report.nan_at is not None:
+                raise FloatingPointError(f"loss is NaN at epoch {report.nan_at + 1}")
+            if not report.values:
+                raise RuntimeError("training ended before the first epoch was scored")
+            value = max(report.values)
+            if report.pruned_at is not None:
+                state = "PRUNED"
+                raise optuna.TrialPruned(f"pruned after epoch {report.pruned_at + 1}")
+            state = "COMPLETE"
+            return value
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason[:1000])
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            trial.set_user_attr("seconds", round(seconds, 2))
+            if tracker and run_id:
+                with contextlib.suppress(Exception):
+                    if value is not None:
+                        tracker.log_metrics(run_id, {"value": value, "trial_seconds": seconds})
+                    tracker.finish(
+                        run_id, state, {"optuna.state": state, **({"fail_reason": reason} if reason else {})}
+                    )
+            if self.verbose:
+                shown = f"{value:.4f}" if value is not None else "-"
+                print(
+                    f"[worker {self.worker}] trial {trial.number}: {state:<8} tune acc {shown} "
+                    f"({len(report.values)} epochs, {seconds:.1f} s) {_short(params)}"
+                    + (f" — {reason}" if reason else ""),
+                    flush=True,
+                )
+            keras.backend.clear_session()
+
+
+def _short(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+# ----------------------------------------------------------------------------------------
+# study, workers, summary
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str  # redacted URL
+    n_trials: int
+    states: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    seconds: float
+    mlflow_run_id: str | None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [
+            f"study {self.study_name!r} ({self.storage}): {self.n_trials} trials — "
+            + ", ".join(f"{v} {k.lower()}" for k, v in sorted(self.states.items())),
+        ]
+        if self.best_trial is not None:
+            lines.append(f"best trial {self.best_trial}: tuning-split accuracy {self.best_value:.4f}")
+            lines += [f"  {k:<14} {v}" for k, v in self.best_params.items()]
+        else:
+            lines.append("no completed trial yet")
+        lines.append(f"wall time {self.seconds:.1f} s")
+        if self.mlflow_run_id:
+            lines.append(f"MLflow parent run {self.mlflow_run_id}")
+        return "\n".join(lines)
+
+
+def create_study(cfg: TuneConfig):
+    """Create the study or load it by name (resume); set up its MLflow parent run."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            study_name=cfg.study,
+            storage=storage(cfg.storage_url),
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except TuneError:
+        raise
+    except Exception as exc:
+        raise TuneError(
+            f"cannot create or load study {cfg.study!r} in {redact(cfg.storage_url)}: {exc}"
+        ) from exc
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise TuneError(f"study {cfg.study!r} exists and minimises; ferflow studies maximise accuracy")
+    parent = _Tracker(cfg).parent(study, cfg) if cfg.track else None
+    return study, parent
+
+
+def split_trials(n_trials: int, workers: int) -> list[int]:
+    """The trial budget per worker: ``n_trials`` in total, as even as possible."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
+
+
+def pin_to_core(core: int) -> None:
+    """Pin this process to one core and keep TensorFlow/oneDNN to one thread (before TF starts)."""
+    os.sched_setaffinity(0, {core})
+    for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = "1"
+
+
+def run_worker(
+    cfg: TuneConfig,
+    dataset: str | Path | CanonicalDataset | TuningData,
+    n_trials: int,
+    worker: int = 0,
+    core: int | None = None,
+    callbacks: Sequence[Any] = (),
+    verbose: bool = True,
+) -> int:
+    """Run ``n_trials`` trials of the (existing) study in this process; returns how many ran."""
+    import optuna
+
+    if core is not None:
+        pin_to_core(core)
+        from ferflow.train import configure_device
+
+        configure_device(cfg.base.precision, verbose=False)
+        import tensorflow as tf
+
+        with contextlib.suppress(RuntimeError):
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+    # the objective prints each trial's outcome and failure reason; Optuna's own traceback is noise
+    optuna.logging.set_verbosity(optuna.logging.ERROR if verbose else optuna.logging.WARNING)
+    if n_trials <= 0:
+        return 0
+    store = storage(cfg.storage_url)
+    try:
+        probe = optuna.load_study(study_name=cfg.study, storage=store)
+    except KeyError as exc:
+        raise TuneError(f"no study {cfg.study!r} in {redact(cfg.storage_url)}; create it first") from exc
+    offset = 7919 * worker + len(probe.get_trials(deepcopy=False))
+    study = optuna.load_study(
+        study_name=cfg.study,
+        storage=store,
+        sampler=make_sampler(cfg, offset, parallel=cfg.workers > 1),
+        pruner=make_pruner(cfg),
+    )
+    data = load_tuning_data(dataset)
+    objective = Objective(cfg, data, study.user_attrs.get(PARENT_RUN_ATTR), worker, callbacks, verbose)
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=cfg.timeout or None,
+        catch=(Exception,),
+        gc_after_trial=True,
+    )
+    return objective.calls
+
+
+def _worker_process(cfg: TuneConfig, dataset: Any, n_trials: int, worker: int, core: int | None) -> None:
+    run_worker(cfg, dataset, n_trials, worker, core)
+
+
+def run_study(
+    cfg: TuneConfig,
+    dataset: str | Path | CanonicalDataset | TuningData,
+    pin: bool | None = None,
+    callbacks: Sequence[Any] = (),
+    verbose: bool = True,
+) -> TuneResult:
+    """Create/resume the study, run ``cfg.trials`` new trials on ``cfg.workers`` workers, summarise.
+
+    ``pin`` (default: when there are several workers) runs every worker in its own process
+    pinned to one core; workers that do not fit one core each run unpinned. With one unpinned
+    worker the trials run in this process (``callbacks`` are only passed on there).
+    """
+    started = time.perf_counter()
+    if cfg.trials < 0 or cfg.workers < 1 or cfg.epochs < 1:
+        raise ValueError(
+            f"need trials >= 0, workers >= 1, epochs >= 1 (got {cfg.trials}, {cfg.workers}, {cfg.epochs})"
+        )
+    study, _ = create_study(cfg)
+    if verbose:
+        print(
+            f"study {cfg.study!r} in {redact(cfg.storage_url)}: {len(study.trials)} trials so far; adding "
+            f"{cfg.trials} on {cfg.workers} worker(s), {cfg.epochs} epochs each, "
+            f"pruner {PrunerName(cfg.pruner).value}"
+            + (f", subset {cfg.subset} images" if cfg.subset else ""),
+            flush=True,
+        )
+    pin = cfg.workers > 1 if pin is None else pin
+    budgets = split_trials(cfg.trials, cfg.workers)
+    if cfg.workers == 1 and not pin:
+        run_worker(cfg, dataset, budgets[0], 0, None, callbacks, verbose)
+    else:
+        if isinstance(dataset, CanonicalDataset):
+            dataset = dataset.root
+        cores = sorted(os.sched_getaffinity(0))
+        fits = pin and cfg.workers <= len(cores)
+        ctx = mp.get_context("spawn")  # a fresh interpreter per worker: TF thread pools start pinned
+        procs = [
+            ctx.Process(
+                target=_worker_process,
+                args=(cfg, dataset, budgets[i], i, cores[i] if fits else None),
+                name=f"ferflow-tune-worker-{i}",
+            )
+            for i in range(cfg.workers)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        crashed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+        if crashed:
+            print(f"warning: worker processes exited abnormally: {crashed}", flush=True)
+    result = finalize_study(cfg)
+    result.seconds = time.perf_counter() - started
+    if verbose:
+        print(result.render(), flush=True)
+    return result
+
+
+def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneResult:
+    """Summarise the study; with tracking, put best params, plots and the trial table on the parent run."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=cfg.study, storage=storage(cfg.storage_url))
+    except KeyError as exc:
+        raise TuneError(f"no study {cfg.study!r} in {redact(cfg.storage_url)}") from exc
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    result = TuneResult(
+        study_name=cfg.study,
+        storage=redact(cfg.storage_url),
+        n_trials=len(trials),
+        states=states,
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_trial=best.number if best else None,
+        seconds=0.0,
+        mlflow_run_id=study.user_attrs.get(PARENT_RUN_ATTR) if cfg.track else None,
+    )
+    with tempfile.TemporaryDirectory(prefix="ferflow-study-") as tmp:
+        out = Path(out_dir) if out_dir else Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        result.artifacts = write_study_report(study, out)
+        if cfg.track and result.mlflow_run_id:
+            tracker = _Tracker(cfg)
+            run_id = result.mlflow_run_id
+            for path in result.artifacts.values():
+                tracker.client.log_artifact(run_id, str(path))
+            tags = {f"best.{k}": str(v) for k, v in result.best_params.items()}
+            tags.update({"optuna.storage": result.storage, "optuna.study": cfg.study})
+            if best is not None:
+                tags["best.trial"] = str(best.number)
+            for k, v in tags.items():
+                tracker.client.set_tag(run_id, k, v)
+            metrics = {f"n_{k.lower()}": float(v) for k, v in states.items()}
+            if best is not None:
+                metrics["best_value"] = float(best.value)
+            tracker.log_metrics(run_id, metrics, step=len(trials))
+            tracker.client.set_terminated(run_id, status="FINISHED")
+        if not out_dir:
+            result.artifacts = {}
+    return result
+
+
+def write_study_report(study, out: Path) -> dict[str, Path]:
+    """best_params.json, trials.csv and the plots (PNG) that have enough trials to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as vis
+
+    files: dict[str, Path] = {}
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = study.best_trial if complete else None
+    summary = {
+        "study": study.study_name,
+        "best_trial": best.number if best else None,
+        "best_value": best.value if best else None,
+        "best_params": best.params if best else {},
+        "states": {
+            s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState
+        },
+    }
+    files["best_params"] = out / "best_params.json"
+    files["best_params"].write_text(json.dumps(summary, indent=2))
+    frame = study.trials_dataframe()
+    if len(frame):
+        files["trials"] = out / "trials.csv"
+        frame.to_csv(files["trials"], index=False)
+    plots = {
+        "optimization_history": (vis.plot_optimization_history, 1),
+        "intermediate_values": (vis.plot_intermediate_values, 1),
+        "param_importances": (vis.plot_param_importances, 2),
+    }
+    for name, (fn, needs) in plots.items():
+        if len(complete) < needs:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks the matplotlib backend experimental
+                ax = fn(study)
+            fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            files[name] = path
+        except (ValueError, RuntimeError) as exc:  # e.g. importances need ≥ 2 distinct values
+            print(f"note: no {name} plot: {exc}", flush=True)
+    return files
+
+
+def best_train_config(
+    study_name: str, storage_url: str | None = None, base: TrainConfig | None = None
+) -> TrainConfig:
+    """``base`` (default ``TrainConfig()``) with the best trial's parameters of ``study_name``."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url or TuneConfig().storage_url
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage(url))
+    except KeyError as exc:
+        raise TuneError(f"no study {study_name!r} in {redact(url)}") from exc
+    try:
+        best = study.best_trial
+    except ValueError as exc:
+        raise TuneError(f"study {study_name!r} has no completed trial yet") from exc
+    return apply_params(base or TrainConfig(), best.params)

@@ -1,0 +1,240 @@
+"""Optuna tuning on a small real subset: pruning, failures, resumption, and two workers on PostgreSQL.
+
+Trials are tiny (width-8 RAN, a few steps per epoch) so that each test stays well under 90 s on
+two cores; what is checked is the study machinery, not model quality. The PostgreSQL server is
+Debian's, started for the session by ``scripts/postgres.sh`` (installed first when missing and
+this runs as root); MLflow uses the same server as its backend store in that test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tensorflow")
+optuna = pytest.importorskip("optuna")
+
+from ferflow.config import LabelScheme, Precision, PrunerName, TrainConfig, TuneConfig, TuneSpace  # noqa: E402
+
+pytestmark = [
+    pytest.mark.data,
+    # enqueued out-of-range values are deliberate (a diverging learning rate, an invalid dropout)
+    pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning"),
+    pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+State = optuna.trial.TrialState
+
+BASE = TrainConfig(
+    model="ran_fm",
+    width=8,
+    depths=(1, 1, 1, 1),
+    warmup_epochs=0,
+    precision=Precision.FLOAT32,
+    early_stopping_patience=0,
+    quantize_int8=False,
+)
+SPACE = TuneSpace(width=(8,), batch_size=(32,), learning_rate=(1e-3, 5e-3))
+GOOD = {
+    "learning_rate": 3e-3,
+    "weight_decay": 0.01,
+    "width": 8,
+    "dropout": 0.1,
+    "erase_prob": 0.0,
+    "rotation_deg": 0.0,
+    "label_scheme": "majority",
+    "rb_margin": 0.02,
+    "batch_size": 32,
+}
+
+
+def tiny(tmp_path: Path, study: str, **kw) -> TuneConfig:
+    defaults = dict(
+        study=study,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        trials=0,
+        epochs=3,
+        subset=300,
+        steps_per_epoch=4,
+        startup_trials=2,
+        warmup_epochs=0,
+        base=BASE,
+        space=SPACE,
+        experiment="ferflow-tune-test",
+    )
+    return TuneConfig(**{**defaults, **kw})
+
+
+@pytest.fixture
+def mlflow_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working dir
+    return MlflowClient(tracking_uri=uri)
+
+
+def nested_runs(client, parent_id: str) -> dict[int, object]:
+    parent = client.get_run(parent_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    return {int(r.data.tags["optuna.trial"]): r for r in runs}
+
+
+def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path, mlflow_sqlite):
+    from ferflow.tune import create_study, finalize_study, run_worker
+
+    cfg = tiny(tmp_path, "prune", pruner=PrunerName.MEDIAN)
+    study, parent = create_study(cfg)
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial({**GOOD, "learning_rate": 3e-3, "dropout": 0.2})
+    study.enqueue_trial({**GOOD, "learning_rate": 1e-7})  # learns nothing: stays at its random init
+    assert run_worker(cfg, small_dataset, 3) == 3
+
+    good1, good2, bad = study.get_trials()
+    assert (good1.state, good2.state) == (State.COMPLETE, State.COMPLETE)
+    assert len(good1.intermediate_values) == cfg.epochs
+    assert bad.state == State.PRUNED, (bad.intermediate_values, good1.intermediate_values)
+    assert bad.user_attrs["epochs_run"] < cfg.epochs  # training stopped when the pruner said so
+    assert max(bad.intermediate_values) == bad.user_attrs["epochs_run"] - 1
+
+    runs = nested_runs(mlflow_sqlite, parent)
+    assert sorted(runs) == [0, 1, 2]
+    assert runs[2].info.status == "KILLED" and runs[2].data.tags["optuna.state"] == "PRUNED"
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["learning_rate"] == str(GOOD["learning_rate"])
+    curve = mlflow_sqlite.get_metric_history(runs[0].info.run_id, "val_accuracy")
+    assert [m.step for m in curve] == list(range(cfg.epochs))
+
+    result = finalize_study(cfg)
+    assert result.states == {"COMPLETE": 2, "PRUNED": 1}
+    assert result.best_trial in (0, 1)
+    tags = mlflow_sqlite.get_run(parent).data.tags
+    assert tags["optuna.storage"].startswith("sqlite:///") and tags["best.learning_rate"]
+
+
+def test_failed_trials_are_recorded_and_the_study_continues(small_dataset, tmp_path, mlflow_sqlite):
+    from ferflow.tune import create_study, run_worker
+
+    cfg = tiny(tmp_path, "failures", pruner=PrunerName.NONE, epochs=1)
+    study, parent = create_study(cfg)
+    study.enqueue_trial({**GOOD, "learning_rate": 30.0})  # diverges: NaN loss
+    study.enqueue_trial({**GOOD, "dropout": 1.5})  # Keras rejects the layer: an exception
+    assert run_worker(cfg, small_dataset, 3) == 3  # the third trial (sampled by TPE) still runs
+
+    nan, broken, sampled = study.get_trials()
+    assert nan.state == State.FAIL and "NaN" in nan.user_attrs["fail_reason"]
+    assert broken.state == State.FAIL and "ValueError" in broken.user_attrs["fail_reason"]
+    assert sampled.state == State.COMPLETE and 0.0 <= sampled.value <= 1.0
+    runs = nested_runs(mlflow_sqlite, parent)
+    assert [runs[i].info.status for i in range(3)] == ["FAILED", "FAILED", "FINISHED"]
+    assert "NaN" in runs[0].data.tags["fail_reason"]
+
+
+def test_cli_resume_adds_trials_to_the_study_and_train_from_study(small_dataset, tmp_path, mlflow_sqlite):
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+    from ferflow.tune import best_train_config
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["tune", "--study", "resume", "--storage", storage, "--dataset", str(small_dataset)]
+    args += ["--model", "cnn", "--epochs", "1", "--steps-per-epoch", "3", "--subset", "300"]
+    args += ["--startup-trials", "1", "--experiment", "ferflow-tune-test"]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--trials", "2"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, [*args, "--trials", "1", "--report", str(tmp_path / "report")])
+    assert second.exit_code == 0, second.output
+    assert "2 trials so far" in second.output
+
+    study = optuna.load_study(study_name="resume", storage=storage)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
+    assert trials[2].params != trials[0].params  # the resumed sampler does not replay the first draws
+    parent = study.user_attrs["mlflow_run_id"]
+    assert sorted(nested_runs(mlflow_sqlite, parent)) == [0, 1, 2]  # one parent run across both calls
+    artifacts = {a.path for a in mlflow_sqlite.list_artifacts(parent)}
+    assert {"best_params.json", "trials.csv", "optimization_history.png"} <= artifacts
+    assert (tmp_path / "report" / "optimization_history.png").stat().st_size > 1000
+
+    cfg = best_train_config("resume", storage, base=TrainConfig(epochs=7))
+    best = study.best_trial.params
+    assert cfg.learning_rate == best["learning_rate"] and cfg.augment.erase_prob == best["erase_prob"]
+    assert cfg.label_scheme == LabelScheme(best["label_scheme"]) and cfg.epochs == 7
+    missing = runner.invoke(app, ["train", "--from-study", "nope", "--storage", storage])
+    assert missing.exit_code == 2 and "no study 'nope'" in missing.output
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: two worker processes, one study; MLflow on the same server
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server on localhost for the session (databases ``optuna`` and ``mlflow``)."""
+    script = ROOT / "scripts" / "postgres.sh"
+    proc = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+    if proc.returncode == 3:
+        pytest.skip(f"PostgreSQL binaries absent and not installable: {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"scripts/postgres.sh start failed:\n{proc.stderr}"
+    data_dir, url = proc.stdout.split()[-2:]
+    yield url
+    subprocess.run([str(script), "stop", data_dir], capture_output=True, timeout=120)
+
+
+def test_two_workers_share_one_study_on_postgresql(small_dataset, tmp_path, monkeypatch, postgres_url):
+    import sqlalchemy as sa
+    from mlflow.tracking import MlflowClient
+
+    from ferflow.tune import run_study
+
+    mlflow_uri = f"{postgres_url}/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # inherited by the worker processes
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny(
+        tmp_path,
+        "pg-two-workers",
+        storage=f"{postgres_url}/optuna",
+        trials=4,
+        workers=2,
+        epochs=1,
+        steps_per_epoch=3,
+        pruner=PrunerName.NONE,
+    )
+    result = run_study(cfg, small_dataset)
+
+    study = optuna.load_study(study_name=cfg.study, storage=cfg.storage)
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert len(trials) == cfg.trials == result.n_trials
+    assert len(set(numbers)) == len(numbers) == 4 and sorted(numbers) == [0, 1, 2, 3]
+    assert all(t.state.is_finished() for t in trials)
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+    assert "ferflow:***@" in result.storage  # the password never reaches logs or tags
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    parent = study.user_attrs["mlflow_run_id"]
+    assert sorted(nested_runs(client, parent)) == [0, 1, 2, 3]
+    assert client.get_run(parent).data.tags["optuna.storage"] == result.storage
+    with sa.create_engine(mlflow_uri).connect() as conn:  # the runs really live in PostgreSQL
+        assert conn.execute(sa.text("select count(*) from runs")).scalar() >= 5
+
+
+def test_split_trials_and_apply_params_validate() -> None:
+    from ferflow.tune import apply_params, split_trials
+
+    assert split_trials(5, 2) == [3, 2] and sum(split_trials(20, 3)) == 20
+    with pytest.raises(ValueError, match="workers"):
+        split_trials(4, 0)
+    with pytest.raises(ValueError, match=r"unknown tuned parameters.*'lr'"):
+        apply_params(BASE, {"lr": 1e-3})
+    cfg = apply_params(replace(BASE, epochs=5), {**GOOD, "rotation_deg": 12.5})
+    assert cfg.augment.rotation_deg == 12.5 and cfg.epochs == 5 and cfg.label_scheme is LabelScheme.MAJORITY
