@@ -39,6 +39,7 @@ run: data
 # (parallel Optuna workers, MLflow on PostgreSQL). Installed only when missing.
 system-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@scripts/postgres.sh install
 
 test: data system-deps
 	$(VENV)/bin/ruff check .
