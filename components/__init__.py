@@ -191,14 +191,22 @@ def evaluate_model(
 
 
 @component
-def bless_model(model: Input[Model], evaluation: Input[Metrics], blessed_model: Output[Model]):
-    """Inside the promotion dsl.If: the model that passed evaluation, as its own artifact."""
-    from ferflow.pipeline import bless_step
+def register_and_promote(
+    model: Input[Model], dataset: Input[Dataset], registered_model: str, promotion: Output[Metrics]
+) -> str:
+    """Inside the promotion dsl.If: register the run's model and run the registry gate
+    (infra-validation + champion/challenger comparison). Never cached: the champion moves."""
+    import json
 
-    bless_step(model.path, blessed_model.path)
-    blessed_model.metadata.update(
-        {**model.metadata, "blessed": True, "reason": evaluation.metadata["reason"]}
+    from ferflow.pipeline import register_and_promote_step
+
+    decision = register_and_promote_step(
+        model.metadata.get("mlflow_run_id", ""), dataset.path, registered_model
     )
+    promotion.log_metric("promoted", float(decision["promoted"]))
+    promotion.log_metric("version", float(decision["version"]))
+    promotion.metadata["reason"] = decision["reason"]
+    return json.dumps(decision)
 
 
 @component

@@ -347,6 +347,7 @@ class PipelineProfile:
     min_accuracy: float = 0.0  # absolute floor on test accuracy before promotion is considered
     min_macro_f1: float = 0.0
     track: bool = True  # log training to MLflow (Paths().mlflow_uri)
+    registered_model: str = "ferflow"  # MLflow registered model the gate promotes in
     expected_minutes_cpu2: float = 0.0  # documented wall time on 2 CPU cores
     expected_minutes_gpu: float = 0.0  # documented wall time on one GPU
 
@@ -370,6 +371,7 @@ class PipelineProfile:
             "track": self.track,
             "trials": self.trials,
             "tune_workers": self.tune_workers,
+            "registered_model": self.registered_model,
         }
 
 

@@ -363,9 +363,27 @@ def evaluate_step(
     }
 
 
-def bless_step(model_dir: str | Path, out_dir: str | Path) -> None:
-    """The blessed model as its own artifact: what the registry step registers."""
-    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+def register_and_promote_step(
+    mlflow_run_id: str, dataset_dir: str | Path, registered_model: str, margin: float = 0.0
+) -> dict[str, Any]:
+    """Register the training run's model (alias ``challenger``) and run the registry's gate.
+
+    The gate (infra-validation through the serving code, then no regression against the
+    champion on the dataset's most held-out split) decides whether ``champion`` moves.
+    """
+    from ferflow.canonical import open_dataset
+    from ferflow.config import RegistryConfig
+    from ferflow.registry import decision_dict, promote, register
+
+    if not mlflow_run_id:
+        raise PipelineError("the training step logged no MLflow run (track=False): nothing to register")
+    ds = open_dataset(dataset_dir)
+    split = ds.splits[-1]
+    cfg = RegistryConfig(model_name=registered_model, margin=margin)
+    version = register(mlflow_run_id, cfg)
+    decision = promote(ds.load(split), ds.classes, version=str(version.version), config=cfg)
+    print(decision.human(), flush=True)
+    return decision_dict(decision) | {"registered_model": registered_model, "eval_split": split}
 
 
 def record_outcome(state: str, error: str, job: str, profile: str, track: bool) -> dict[str, str]:
@@ -533,6 +551,7 @@ class LocalRun:
     error: str | None = None
     failed_step: str | None = None
     gate_report: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None  # the registry gate's decision, when it ran
 
     @property
     def succeeded(self) -> bool:
@@ -558,6 +577,12 @@ class LocalRun:
                 f"occluded: {e.get('occluded_accuracy', nan):.4f}   (n = {e.get('n')})",
                 f"quality floor: {'passed' if sm['blessed'] else 'NOT passed'} — {sm['reason']}",
             ]
+        if self.promotion:
+            p = self.promotion
+            verdict = "PROMOTED to champion" if p["promoted"] else "not promoted"
+            lines.append(f"registry:      {p['registered_model']} v{p['version']} {verdict} — {p['reason']}")
+        elif self.summary:
+            lines.append("registry:      not registered (below the quality floor)")
         if self.error:
             lines.append(f"failed step:   {self.failed_step or 'unknown'}")
             if self.gate_report:
@@ -708,6 +733,11 @@ def _collect(run: LocalRun) -> None:
         params = json.loads(out.read_text()).get("parameterValues", {})
         if "Output" in params:
             run.summary = json.loads(params["Output"])
+    decision = run.run_dir / "register-and-promote" / "executor_output.json"
+    if decision.is_file():
+        params = json.loads(decision.read_text()).get("parameterValues", {})
+        if "Output" in params:
+            run.promotion = json.loads(params["Output"])
     if run.error:
         failed = [s.name for s in run.steps.values() if s.status.upper() == "FAILURE"]
         run.failed_step = failed[0] if failed else None

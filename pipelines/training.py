@@ -7,7 +7,9 @@
     └▶ train-model ─▶ evaluate-model ─▶ summarize-run
        (MLflow,       (Metrics,
         ONNX, card)    ClassificationMetrics)
-                      └─ dsl.If blessed ─▶ bless-model (register-and-promote joins here)
+                      └─ dsl.If above the floors ─▶ register-and-promote
+                                                    (MLflow registry gate: infra-validation,
+                                                     no regression vs champion; never cached)
     all inside dsl.ExitHandler(record-outcome)
 
 Parameters are the fields of :class:`ferflow.config.PipelineProfile` (``profile.arguments()``);
@@ -20,10 +22,10 @@ retries, node selectors) at compile time; kfp.local ignores them.
 from kfp import dsl
 
 from components import (
-    bless_model,
     evaluate_model,
     pull_and_ingest,
     record_outcome,
+    register_and_promote,
     resolve_data,
     summarize_run,
     train_model,
@@ -99,6 +101,7 @@ def build_pipeline(cluster: ClusterConfig | None = None):
         track: bool = _D["track"],
         trials: int = _D["trials"],
         tune_workers: int = _D["tune_workers"],
+        registered_model: str = _D["registered_model"],
     ):
         outcome = record_outcome(profile=profile, track=track).set_caching_options(False)
         _configure_cluster(outcome, cluster)
@@ -154,12 +157,12 @@ def build_pipeline(cluster: ClusterConfig | None = None):
             )
             _configure_cluster(evaluation, cluster)
             with dsl.If(evaluation.outputs["Output"] == True, name="promotion-gate"):  # noqa: E712
-                blessed = bless_model(
-                    model=trained.outputs["model"], evaluation=evaluation.outputs["metrics"]
-                )
-                _configure_cluster(blessed, cluster)
-                # register_and_promote(model=..., ...) joins here once ferflow.registry exists:
-                # infra-validation + champion/challenger comparison, never cached.
+                promoted = register_and_promote(
+                    model=trained.outputs["model"],
+                    dataset=data.outputs["dataset"],
+                    registered_model=registered_model,
+                ).set_caching_options(False)
+                _configure_cluster(promoted, cluster, retry=False)  # a refused model is not transient
             summary = summarize_run(
                 profile=profile,
                 dataset=data.outputs["dataset"],

@@ -33,11 +33,11 @@ STEPS = {
     "tune-finalize",
     "train-model",
     "evaluate-model",
-    "bless-model",
+    "register-and-promote",
     "summarize-run",
     "record-outcome",
 }
-ALWAYS_RUN = {"resolve-data", "summarize-run", "record-outcome"}  # never served from a cache
+ALWAYS_RUN = {"resolve-data", "summarize-run", "record-outcome", "register-and-promote"}  # never cached
 
 
 def _tasks(spec) -> dict:
@@ -74,7 +74,7 @@ def test_promotion_conditional_exit_handler_and_caching(compiled) -> None:
     ((_, gate),) = conditions.items()
     assert gate.task_info.name == "promotion-gate"
     assert "evaluate-model-Output" in gate.trigger_policy.condition
-    assert "bless-model" in spec.components[gate.component_ref.name].dag.tasks
+    assert "register-and-promote" in spec.components[gate.component_ref.name].dag.tasks
     # the exit handler: record-outcome runs after the handler's DAG whatever its outcome
     outcome = spec.root.dag.tasks["record-outcome"]
     assert outcome.trigger_policy.strategy == outcome.trigger_policy.ALL_UPSTREAM_TASKS_COMPLETED

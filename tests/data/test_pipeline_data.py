@@ -73,7 +73,7 @@ def test_failed_gate_stops_the_pipeline_before_training(
     assert run.gate_report is not None
     readable = next(f for f in run.gate_report["findings"] if f["check"] == "readable")
     assert f"FER2013Train/{truncated}" in readable["sources"]
-    for later in ("train-model", "evaluate-model", "bless-model", "summarize-run"):
+    for later in ("train-model", "evaluate-model", "register-and-promote", "summarize-run"):
         assert later not in run.steps
         assert not (run.run_dir / later).exists()
     assert not any((run.run_dir / "pull-and-ingest" / "dataset").glob("*.npz"))  # no half-written data
@@ -88,3 +88,26 @@ def test_failed_gate_stops_the_pipeline_before_training(
     assert list(runs["tags.pipeline.profile"]) == ["smoke"]
     assert "FAILED" in run.render() and truncated in run.render()
     assert "pull-and-ingest: failure" in progress.getvalue()
+
+
+def test_smoke_profile_end_to_end_registers_a_champion(
+    ferplus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI's end-to-end run: the real DVC data through every step, ending in the registry."""
+    from ferflow.config import RegistryConfig
+    from ferflow.registry import list_versions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("FERFLOW_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'optuna.db'}")
+    args = pipeline_arguments(PROFILES["smoke"])
+    run = run_local(args, pipeline_root=tmp_path / "kfp", echo=io.StringIO())
+
+    assert run.succeeded, run.render()
+    assert run.promotion is not None and run.promotion["promoted"], run.render()
+    assert "first model" in run.promotion["reason"]
+    (version,) = list_versions(RegistryConfig(model_name=args["registered_model"]))
+    assert "champion" in version["aliases"] and "challenger" in version["aliases"]
+    assert version["dataset_md5"] == "d4b2afd649d69a62e6cd635dda0e149f.dir"
+    assert version["git_commit"] and version["gate.promoted"] == "true"
+    assert float(version["gate.accuracy"]) == pytest.approx(run.summary["evaluation"]["accuracy"], abs=1e-6)
+    assert "PROMOTED to champion" in run.render()
