@@ -10,11 +10,14 @@ FERFLOW := $(VENV)/bin/ferflow
 export UV_PYTHON := python3.11
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help setup data run test lint serve bench-data bench-serving clean system-deps
+.PHONY: help setup data run test lint serve pipeline pipeline-smoke bench-data bench-serving clean system-deps
 
 help:
 	@echo "make run   - set up, pull the DVC data, run the main job (ingest + validation gate)"
 	@echo "make test  - set up, pull the DVC data, run the test suite"
+	@echo "make pipeline-smoke - the Kubeflow pipeline, smoke profile, through kfp.local (~5 min)"
+	@echo "make pipeline       - the Kubeflow pipeline, default profile (full data, tuning, training; hours on 2 cores)"
+	@echo "make serve - the BentoML service on :3000"
 	@echo "make lint  - ruff"
 
 .tools/bin/uv:
@@ -47,6 +50,12 @@ test: data system-deps
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+pipeline-smoke: data
+	$(FERFLOW) pipeline run --profile smoke
+
+pipeline: data
+	$(FERFLOW) pipeline run --profile default
 
 serve: setup
 	$(FERFLOW) serve --port 3000
