@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ from ferflow.config import (
     get_class_set,
 )
 from ferflow.preprocess import INPUT_SCALE
+from ferflow.versioning import git_commit
 
 # ----------------------------------------------------------------------------------------
 # device
@@ -443,20 +443,6 @@ class TrainResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _flat_params(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in asdict(cfg).items():
@@ -564,7 +550,7 @@ def train(
                 {
                     "dataset_md5": str(meta.get("source_version") or "unknown"),
                     "dataset_created": str(meta.get("created", "")),
-                    "git_commit": _git_commit(),
+                    "git_commit": git_commit(Path(__file__).resolve().parent) or "unknown",
                     "device": device.describe(),
                     "model": cfg.model,
                     "label_scheme": scheme.value,
