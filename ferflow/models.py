@@ -257,6 +257,14 @@ def _input():
 # models
 
 
+def _attend_regions(x, tail: Sequence[Sequence[layers.Layer]], regions, margin: float, rb_weight: float):
+    """Whole ``x`` plus its fixed region crops through the shared ``tail``, GAP, then RAN attention."""
+    gap = layers.GlobalAveragePooling2D(name="gap")
+    crops = [x] + [FixedCrop(box, name=f"region{i + 1}")(x) for i, box in enumerate(regions)]
+    feats = StackRegions(name="stack_regions")([gap(run_layers(tail, c)) for c in crops])
+    return RegionAttention(margin, rb_weight, name="region_attention")(feats)
+
+
 def build_ran(
     num_classes: int,
     width: int = 32,
@@ -271,11 +279,7 @@ def build_ran(
     inp = _input()
     x = normalise(inp)
     stack = backbone_stages(width, depths, weight_decay)
-    gap = layers.GlobalAveragePooling2D(name="gap")
-    crops = [x] + [FixedCrop(box, name=f"region{i + 1}")(x) for i, box in enumerate(regions)]
-    feats = [gap(run_layers(stack, c)) for c in crops]
-    feats = StackRegions(name="stack_regions")(feats)
-    p = RegionAttention(margin, rb_weight, name="region_attention")(feats)
+    p = _attend_regions(x, stack, regions, margin, rb_weight)
     return keras.Model(inp, _classifier(p, num_classes, dropout), name="ran")
 
 
@@ -297,11 +301,7 @@ def build_ran_fm(
     stack = backbone_stages(width, depths, weight_decay)
     split = len(stack) - head_stages
     fmap = run_layers(stack[:split], normalise(inp))
-    gap = layers.GlobalAveragePooling2D(name="gap")
-    crops = [fmap] + [FixedCrop(box, name=f"region{i + 1}")(fmap) for i, box in enumerate(regions)]
-    feats = [gap(run_layers(stack[split:], c)) for c in crops]
-    feats = StackRegions(name="stack_regions")(feats)
-    p = RegionAttention(margin, rb_weight, name="region_attention")(feats)
+    p = _attend_regions(fmap, stack[split:], regions, margin, rb_weight)
     return keras.Model(inp, _classifier(p, num_classes, dropout), name="ran_fm")
 
 
