@@ -296,6 +296,12 @@ def serve_cmd(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project), env.get("PYTHONPATH", "")) if p)
     if workers is not None:
         env["FERFLOW_WORKERS"] = str(workers)
+    # BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and wipes them at start:
+    # two servers sharing one home (two ports on one host) would erase each other's /metrics.
+    if "BENTOML_HOME" not in env:
+        import tempfile
+
+        env["BENTOML_HOME"] = str(Path(tempfile.gettempdir()) / f"ferflow-bentoml-{port}")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--host", host, "--port", str(port)]
     typer.echo(f"serving {SERVICE_TARGET} on http://{host}:{port} (demo: /demo, API docs: /)")
     os.chdir(project)
@@ -429,6 +435,13 @@ def train_cmd(
     lr: Annotated[float, typer.Option(help="peak learning rate.")] = _TRAIN.learning_rate,
     weight_decay: Annotated[float, typer.Option()] = _TRAIN.weight_decay,
     mixup: Annotated[float, typer.Option(help="mixup alpha; 0 disables.")] = _TRAIN.augment.mixup_alpha,
+    dropout: Annotated[float, typer.Option(help="dropout before the classifier.")] = _TRAIN.dropout,
+    erase_prob: Annotated[
+        float, typer.Option(help="random-erasing probability (occlusion augmentation).")
+    ] = _TRAIN.augment.erase_prob,
+    rotation: Annotated[float, typer.Option(help="max rotation, degrees.")] = _TRAIN.augment.rotation_deg,
+    label_smoothing: Annotated[float, typer.Option()] = _TRAIN.label_smoothing,
+    rb_margin: Annotated[float, typer.Option(help="region-biased loss margin.")] = _TRAIN.rb_margin,
     class_weight_power: Annotated[float, typer.Option()] = _TRAIN.class_weight_power,
     patience: Annotated[
         int, typer.Option(help="early-stopping patience; 0 = off.")
@@ -465,7 +478,10 @@ def train_cmd(
         width=width,
         depths=tuple(int(d) for d in depths.split(",")),
         head_stages=head_stages,
+        dropout=dropout,
+        rb_margin=rb_margin,
         label_scheme=scheme,
+        label_smoothing=label_smoothing,
         epochs=epochs,
         batch_size=batch_size,
         optimizer=optimizer,
@@ -477,7 +493,9 @@ def train_cmd(
         early_stopping_patience=patience,
         seed=seed,
         precision=precision,
-        augment=dataclasses.replace(_TRAIN.augment, mixup_alpha=mixup),
+        augment=dataclasses.replace(
+            _TRAIN.augment, mixup_alpha=mixup, erase_prob=erase_prob, rotation_deg=rotation
+        ),
         quantize_int8=quantize,
         experiment=experiment,
     )

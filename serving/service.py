@@ -8,7 +8,9 @@ Endpoints (all JSON; errors are ``{"error": "...", "status": 4xx, "type": "..."}
   ``{"faces": [{"box": [x, y, w, h], "scores": {class: p}, "label"}], "model": {"name", "version"}}``
 - ``POST /predict_batch``  the field ``image`` repeated → ``{"results": [...], "model": ...}``
 - ``POST /classify``       one pre-cropped face in ``image`` → ``{"scores", "label", "model"}``;
-  requests are grouped by BentoML adaptive batching (``classify_batch``, ``batchable=True``)
+  concurrent requests are grouped into one model call in the worker (:mod:`serving.batching`)
+- ``POST /classify_batch`` a JSON array of uint8 48x48 crops; BentoML adaptive batching
+  (``batchable=True``) merges concurrent calls
 - ``GET /model``           the served model: name, version, classes, limits
 - ``GET /demo``            the web demo (``serving/static``); ``/`` is BentoML's OpenAPI UI
 - ``/livez``, ``/healthz``, ``/readyz`` (ready after model load + warm-up), ``/metrics``
@@ -39,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig
+from serving.batching import MicroBatcher, Overloaded
 from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, image_parts, parse_multipart, read_body
 
 STARTED = time.monotonic()
@@ -48,6 +51,8 @@ CONFIG = ServingConfig.from_env()
 STATIC = Path(__file__).parent / "static"
 IMAGE_FIELD = "image"
 WORKERS = int(os.environ.get("FERFLOW_WORKERS", "1"))
+CLASSIFY_MAX_BATCH = 64
+CLASSIFY_MAX_QUEUE = 1024  # faces waiting per worker before /classify answers 503
 
 # Paths reachable without the API key: probes, metrics, API docs, the demo page and its assets.
 OPEN_PATHS = frozenset(
@@ -56,15 +61,15 @@ OPEN_PATHS = frozenset(
 OPEN_PREFIXES = ("/static/", "/static_content/", "/assets/")
 API_PATHS = frozenset({"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"})
 
-if CONFIG.api_key:
-    # BentoML's in-process client (``self.to_async.classify_batch``) sends this as its bearer
-    # token, so /classify reaches the batched method through the same auth as any client.
-    os.environ["BENTO_CLOUD_API_KEY"] = CONFIG.api_key
-
 REQUEST_ERRORS = bentoml.metrics.Counter(
     name="ferflow_rejected_requests",
     documentation="Requests refused with a 4xx, by endpoint and reason",
     labelnames=["endpoint", "status", "reason"],
+)
+CLASSIFY_BATCH = bentoml.metrics.Histogram(
+    name="ferflow_classify_batch_size",
+    documentation="Faces per model call on /classify (in-worker adaptive micro-batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 FACES = bentoml.metrics.Histogram(
     name="ferflow_faces_per_image",
@@ -185,10 +190,6 @@ async def _images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
     workers=WORKERS,
     traffic={"timeout": 60, "max_concurrency": 256},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
-    # /classify reaches classify_batch through BentoML's in-process client, whose session is
-    # replaced every max_requests/max_age; a replacement closes the connections of requests
-    # still in flight (errors under concurrency), so the session lives as long as the worker.
-    runner_connection={"max_requests": 2**62, "max_age": 1e12},
 )
 @bentoml.asgi_app(http, path="/")
 class FERService:
@@ -198,6 +199,12 @@ class FERService:
         started = time.perf_counter()
         self.recognizer = EmotionRecognizer.from_config(CONFIG)
         self.recognizer.warm_up()
+        self.batcher = MicroBatcher(
+            self.recognizer.classify_batch,
+            max_batch_size=CLASSIFY_MAX_BATCH,
+            max_queue=CLASSIFY_MAX_QUEUE,
+            on_batch=CLASSIFY_BATCH.observe,
+        )
         self.ready = True
         logger.info(
             "ferflow: serving %s %s (%s, classes %s) in %.2f s; warm-up done %.2f s after process start; "
@@ -262,20 +269,10 @@ class FERService:
         ((name, data),) = await _images(request, 1)
         face = await _run(self.recognizer.face_crop, data, name)
         try:
-            probs = await self.to_async.classify_batch(face[None])
-        except bentoml.exceptions.BentoMLException as exc:
-            if exc.error_code.value == 503:  # the dispatcher sheds load past max_latency_ms
-                return error_response(503, "server overloaded: retry the request later", "ServiceUnavailable")
-            logger.exception("classify_batch failed")
-            return error_response(
-                500, "internal error in classify_batch; see the server log", "InternalError"
-            )
-        except Exception:  # the in-process client's transport (timeouts, cancelled batches)
-            logger.exception("classify_batch call failed")
-            return error_response(
-                503, "batched inference unavailable: retry the request", "ServiceUnavailable"
-            )
-        return JSONResponse({**self.recognizer.result(np.asarray(probs)[0]), "model": self.recognizer.model})
+            probs = await self.batcher.submit(face)
+        except Overloaded:
+            return error_response(503, "server overloaded: retry the request later", "ServiceUnavailable")
+        return JSONResponse({**self.recognizer.result(probs), "model": self.recognizer.model})
 
     @http.get("/model", tags=["Inference"])
     async def model(self) -> JSONResponse:

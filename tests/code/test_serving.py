@@ -179,8 +179,9 @@ def auth_server(model_path: Path, tmp_path_factory) -> Iterator[Server]:
     port = _free_port()
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:FERService"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    env = _env(model_path, FERFLOW_API_KEY=API_KEY, **AUTH_LIMITS)
-    srv = _start(cmd, env, port, tmp_path_factory.mktemp("auth") / "server.log")
+    home = tmp_path_factory.mktemp("auth")  # its own BentoML home: /metrics not shared with `server`
+    env = _env(model_path, FERFLOW_API_KEY=API_KEY, BENTOML_HOME=str(home / "bentoml"), **AUTH_LIMITS)
+    srv = _start(cmd, env, port, home / "server.log")
     yield srv
     _stop(srv)
 
@@ -447,7 +448,7 @@ def test_limits_and_api_key(auth_server: Server, photos_dir: Path) -> None:
     _assert_error(auth_server.get("/model"), {401}, "missing")
     r = auth_server.post("/predict", **_files(jpeg), headers=ok)
     assert r.status_code == 200 and len(r.json()["faces"]) == 1
-    r = auth_server.post("/classify", **_files(jpeg), headers=ok)  # reaches classify_batch through auth
+    r = auth_server.post("/classify", **_files(jpeg), headers=ok)
     assert r.status_code == 200 and r.json()["label"] in r.json()["scores"]
     assert auth_server.get("/model", headers=ok).json()["limits"]["max_upload_bytes"] == 200 * 1024
     # FERFLOW_MAX_UPLOAD_BYTES / FERFLOW_MAX_PIXELS from the environment
@@ -470,7 +471,7 @@ def test_no_tensorflow_in_the_server(server: Server) -> None:
 
 
 def test_http_labels_equal_offline_labels(server: Server, ferplus_dir: Path, model_path: Path) -> None:
-    """300 real FERPlus test crops through /classify (adaptive batching) and offline agree."""
+    """300 real FERPlus test crops through /classify (micro-batched) and offline agree."""
     files = sorted((ferplus_dir / "FER2013Valid").glob("*.png"))[:300]
     pixels = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
     offline = FerClassifier(model_path).predict_proba(pixels)
@@ -492,6 +493,25 @@ def test_http_labels_equal_offline_labels(server: Server, ferplus_dir: Path, mod
     http = np.array([[a["scores"][c] for c in classes] for a in answers])
     assert [a["label"] for a in answers] == [classes[i] for i in offline.argmax(1)]
     np.testing.assert_allclose(http, offline, atol=1e-4)
+    metrics = {
+        line.split()[0]: float(line.split()[1])
+        for line in server.get("/metrics").text.splitlines()
+        if line.startswith("ferflow_classify_batch_size_")
+    }
+    faces, calls = metrics["ferflow_classify_batch_size_sum"], metrics["ferflow_classify_batch_size_count"]
+    assert faces >= len(files), metrics
+    assert calls < faces, f"/classify never batched concurrent requests: {metrics}"
+
+
+def test_classify_batch_uses_bentoml_adaptive_batching(
+    server: Server, ferplus_dir: Path, model_path: Path
+) -> None:
+    """The array endpoint: JSON uint8 crops in, probabilities out, through BentoML's dispatcher."""
+    files = sorted((ferplus_dir / "FER2013Valid").glob("*.png"))[300:308]
+    pixels = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+    r = server.post("/classify_batch", json={"faces": pixels.tolist()})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()), FerClassifier(model_path).predict_proba(pixels), atol=1e-4)
     batches = [
         line
         for line in server.get("/metrics").text.splitlines()
