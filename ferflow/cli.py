@@ -18,6 +18,7 @@ from ferflow.config import (
     LeakagePolicy,
     Paths,
     SourceFormat,
+    TestTimeAugmentation,
 )
 
 app = typer.Typer(
@@ -452,6 +453,9 @@ def train_cmd(
     quantize: Annotated[
         bool, typer.Option(help="try int8; kept if ≤ 0.5 points worse.")
     ] = _TRAIN.quantize_int8,
+    tta: Annotated[
+        TestTimeAugmentation, typer.Option(help="test-time augmentation written into the export.")
+    ] = _TRAIN.tta,
     run_dir: Annotated[Path | None, typer.Option(help="checkpoint/output folder.")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --run-dir.")] = False,
     export_dir: Annotated[
@@ -497,6 +501,7 @@ def train_cmd(
             _TRAIN.augment, mixup_alpha=mixup, erase_prob=erase_prob, rotation_deg=rotation
         ),
         quantize_int8=quantize,
+        tta=tta,
         experiment=experiment,
     )
     if from_study is not None:
@@ -547,6 +552,10 @@ def evaluate_cmd(
     ] = None,
     split: Annotated[str | None, typer.Option(help="split to score (default: most held-out).")] = None,
     seed: Annotated[int, typer.Option(help="seed of the synthetic occlusion.")] = 0,
+    tta: Annotated[
+        TestTimeAugmentation | None,
+        typer.Option(help="test-time augmentation; default: what the model's metadata says."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON.")] = False,
 ) -> None:
     """Score a model: accuracy (majority protocol), macro-F1, per-class recall, occlusion."""
@@ -566,7 +575,7 @@ def evaluate_cmd(
         raise _fail(f"error: model classes {classes} match no configured class set", 2)
     splits, meta = _load_for_cli(dataset, source_format, class_set or "ferplus8", quiet=as_json)
     try:
-        out = evaluate(path, splits, meta["classes"], split=split, seed=seed)
+        out = evaluate(path, splits, meta["classes"], split=split, seed=seed, tta=tta)
     except (KeyError, ValueError) as exc:
         raise _fail(f"error: {exc}", 2) from exc
     out["dataset"] = str(dataset)

@@ -265,6 +265,13 @@ class Precision(StrEnum):
     MIXED_FLOAT16 = "mixed_float16"
 
 
+class TestTimeAugmentation(StrEnum):
+    """Inference-time augmentation, stored in the exported model's metadata (``tta``)."""
+
+    NONE = "none"
+    HFLIP = "hflip"  # mean of the logits of the face and its mirror image: 2x the compute
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """On-the-fly augmentation (ferflow.augment); fractions are of the 48-pixel side."""
@@ -307,7 +314,12 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     quantize_int8: bool = True  # keep the int8 ONNX only if it costs <= 0.5 accuracy points
+    tta: TestTimeAugmentation = TestTimeAugmentation.HFLIP  # written into the export's metadata
     experiment: str = "ferflow-train"
+
+
+EXPORT_ONLY_FIELDS = frozenset({"quantize_int8", "tta", "experiment"})
+"""TrainConfig fields that do not change the fit: ``--resume`` may change them (re-export)."""
 
 
 # --- Kubeflow pipeline (ferflow.pipeline, components/, pipelines/) ---

@@ -138,8 +138,11 @@ def evaluate(
     classes: Sequence[str],
     split: str | None = None,
     seed: int = 0,
+    tta: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on ``split`` (default: the most held-out split present)."""
+    """Score ``model`` on ``split`` (default: the most held-out split present).
+
+    ``tta``: test-time augmentation; ``None`` follows the model's metadata."""
     from ferflow.config import SPLIT_ORDER
     from ferflow.predict import FerClassifier
 
@@ -148,7 +151,9 @@ def evaluate(
     if split not in splits:
         raise KeyError(f"dataset has no split {split!r}; it has {sorted(splits)}")
     path = resolve_model(model)
-    out = evaluate_split(FerClassifier(path), splits[split], classes, seed=seed)
+    predictor = FerClassifier(path, tta=tta)
+    out = evaluate_split(predictor, splits[split], classes, seed=seed)
+    out["tta"] = predictor.tta.value
     out["split"] = split
     out["model"] = str(path)
     return out

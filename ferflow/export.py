@@ -125,7 +125,7 @@ def check_agreement(model, onnx_path: str | Path, pixels: np.ndarray) -> dict[st
 
     x = to_model_input(pixels)
     ref = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
-    got = FerClassifier(onnx_path).logits(x)
+    got = FerClassifier(onnx_path, tta="none").logits(x)  # the bare graph against Keras
     return {
         "argmax_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
         "max_abs_logit_diff": float(np.abs(ref - got).max()),
@@ -171,6 +171,8 @@ Facial-expression classifier over {len(test.get("classes", []))} FERPlus classes
 ({", ".join(test.get("classes", []))}), exported to ONNX ({info["onnx_precision"]},
 {size_mb:.1f} MB). Input: `image` float32 `(N, 48, 48, 1)`, grayscale face crop scaled to
 [0, 1]; output: `logits` `(N, C)`. Run it with `ferflow.predict.FerClassifier` (no TensorFlow).
+Test-time augmentation: `{cfg.tta}` (metadata `tta`; every number below uses it; pass
+`tta="none"` / `FERFLOW_TTA=none` for half the compute).
 
 ## Training
 - Data: FER2013Train only (FERPlus votes, `{cfg.label_scheme}` targets), dataset md5

@@ -37,6 +37,7 @@ ENV_MAX_UPLOAD_BYTES = "FERFLOW_MAX_UPLOAD_BYTES"
 ENV_MAX_PIXELS = "FERFLOW_MAX_PIXELS"
 ENV_MAX_BATCH_IMAGES = "FERFLOW_MAX_BATCH_IMAGES"
 ENV_THREADS = "FERFLOW_THREADS"
+ENV_TTA = "FERFLOW_TTA"
 
 FORMATS: dict[str, str] = {
     "JPEG": "image/jpeg",
@@ -69,6 +70,7 @@ class ServingConfig:
     max_batch_images: int = 32  # images per /predict_batch request
     max_batch_bytes: int = 32 * 2**20  # bytes of all images of one /predict_batch request
     threads: int = 1  # ONNX Runtime intra-op threads per session (requests run concurrently)
+    tta: str | None = None  # FERFLOW_TTA: none | hflip; None = what the model's metadata says
     face: FaceConfig = field(default_factory=FaceConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
@@ -101,6 +103,7 @@ class ServingConfig:
             limits=limits,
             max_batch_images=integer(ENV_MAX_BATCH_IMAGES, cls.max_batch_images),
             threads=integer(ENV_THREADS, cls.threads),
+            tta=env.get(ENV_TTA, "").strip() or None,
         )
 
 
@@ -361,7 +364,7 @@ class EmotionRecognizer:
         self.limits = self.config.limits
         self.info = model
         try:
-            self.classifier = FerClassifier(model.path, threads=self.config.threads)
+            self.classifier = FerClassifier(model.path, threads=self.config.threads, tta=self.config.tta)
         except (FileNotFoundError, ValueError) as exc:
             raise ModelLoadError(str(exc)) from exc
         self.classes: list[str] = list(self.classifier.classes)

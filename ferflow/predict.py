@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ferflow.config import TestTimeAugmentation
 from ferflow.preprocess import softmax, to_model_input
 
 REFERENCE_MODEL = Path(__file__).resolve().parents[1] / "models" / "reference" / "model.onnx"
@@ -29,7 +30,13 @@ def default_model_path() -> Path:
 class FerClassifier:
     """An ONNX facial-expression classifier; thread count defaults to the usable cores."""
 
-    def __init__(self, path: str | Path | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        threads: int | None = None,
+        tta: str | TestTimeAugmentation | None = None,
+    ):
+        """``tta``: test-time augmentation; ``None`` follows the model's ``tta`` metadata."""
         import onnxruntime as ort
 
         self.path = Path(path) if path is not None else default_model_path()
@@ -56,13 +63,29 @@ class FerClassifier:
         self.classes: list[str] = json.loads(meta["classes"])
         self.metadata = dict(meta)
         self.input_name = self.session.get_inputs()[0].name
+        chosen = tta if tta is not None else meta.get("tta", TestTimeAugmentation.NONE.value)
+        try:
+            self.tta = TestTimeAugmentation(chosen)
+        except ValueError:
+            known = ", ".join(t.value for t in TestTimeAugmentation)
+            source = "argument tta" if tta is not None else f"{self.path}: metadata 'tta'"
+            raise ValueError(f"{source}={chosen!r} is not one of {known}") from None
 
     def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits for model inputs ``x`` (float32 ``(N, 48, 48, 1)`` in ``[0, 1]``)."""
-        out = [
-            self.session.run(None, {self.input_name: x[i : i + batch_size]})[0]
-            for i in range(0, len(x), batch_size)
-        ]
+        """Logits for model inputs ``x`` (float32 ``(N, 48, 48, 1)`` in ``[0, 1]``).
+
+        With ``tta == hflip`` each face and its mirror image go through the model in one batch
+        and their logits are averaged.
+        """
+        out = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i : i + batch_size]
+            if self.tta is TestTimeAugmentation.HFLIP:
+                pair = np.concatenate([chunk, chunk[:, :, ::-1]])
+                both = self.session.run(None, {self.input_name: pair})[0]
+                out.append((both[: len(chunk)] + both[len(chunk) :]) / 2)
+            else:
+                out.append(self.session.run(None, {self.input_name: chunk})[0])
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)

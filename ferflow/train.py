@@ -39,11 +39,13 @@ import numpy as np
 
 from ferflow.canonical import CanonicalDataset, Split, open_dataset
 from ferflow.config import (
+    EXPORT_ONLY_FIELDS,
     LabelScheme,
     OptimizerName,
     Paths,
     Precision,
     ScheduleName,
+    TestTimeAugmentation,
     TrainConfig,
     get_class_set,
 )
@@ -443,6 +445,11 @@ class TrainResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def _fit_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """The flat config without the export-only fields (which ``--resume`` may change)."""
+    return {k: v for k, v in flat.items() if k not in EXPORT_ONLY_FIELDS}
+
+
 def _flat_params(cfg: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in asdict(cfg).items():
@@ -522,7 +529,7 @@ def train(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if resume and state and state.get("config") != _flat_params(cfg):
+    if resume and state and _fit_params(state.get("config", {})) != _fit_params(_flat_params(cfg)):
         raise ValueError(
             f"{run_dir}: --resume with a different configuration than the interrupted run; "
             "use the same options or start a new run without --resume"
@@ -612,7 +619,8 @@ def train(
         from ferflow import export as ex
         from ferflow.predict import FerClassifier
 
-        fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", classes)
+        tta = TestTimeAugmentation(cfg.tta).value
+        fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", classes, {"tta": tta})
         agreement = ex.check_agreement(model, fp32_path, tune_split.pixels[:512])
         extras["export_agreement"] = agreement
         tune_fp32 = ev.evaluate_split(FerClassifier(fp32_path), tune_split, classes)
@@ -661,6 +669,7 @@ def train(
         if extras.get("int8_tune_accuracy_cost") is not None:
             mlflow.log_metric("int8_tune_accuracy_cost", extras["int8_tune_accuracy_cost"])
         mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
+        mlflow.set_tag("tta", TestTimeAugmentation(cfg.tta).value)
         for name in (
             "learning_curves.png",
             "confusion_matrix.png",

@@ -125,6 +125,19 @@ def test_resume_refuses_a_different_config(small_dataset, tmp_path):
         steps_per_epoch=2,
         verbose=0,
     )
+    # export-only options may change on resume (re-export of a finished run) ...
+    again = train(
+        replace(TINY, epochs=1, tta="none", quantize_int8=False),
+        small_dataset,
+        run_dir,
+        resume=True,
+        track=False,
+        export=False,
+        steps_per_epoch=2,
+        verbose=0,
+    )
+    assert [h["epoch"] for h in again.history] == [0]  # nothing retrained
+    # ... but anything that shapes the fit may not
     with pytest.raises(ValueError, match="different configuration"):
         train(
             replace(TINY, epochs=1, width=16),
@@ -212,6 +225,7 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
     assert run.data.params["label_scheme"] == "probability"
     assert run.data.tags["dataset_md5"] == "test-subset"
     assert "git_commit" in run.data.tags
+    assert run.data.tags["tta"] == "hflip"  # the recipe's default, recorded and in the export
     assert {"loss", "val_accuracy", "test_accuracy", "test_macro_f1"} <= set(run.data.metrics)
     names = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {
@@ -246,6 +260,29 @@ def tiny_onnx(trained, small_dataset, tmp_path_factory) -> Path:
     model.load_weights(trained.run_dir / "best.weights.h5")
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     return export_onnx(model, out, open_dataset(small_dataset).classes)
+
+
+def test_hflip_tta_averages_face_and_mirror_and_follows_metadata(trained, small_dataset, tmp_path):
+    from ferflow.export import export_onnx
+    from ferflow.models import build_model
+    from ferflow.predict import FerClassifier
+    from ferflow.preprocess import to_model_input
+    from ferflow.train import model_kwargs
+
+    model = build_model(TINY.model, 8, **model_kwargs(TINY))
+    model.load_weights(trained.run_dir / "best.weights.h5")
+    classes = open_dataset(small_dataset).classes
+    x = to_model_input(open_dataset(small_dataset).load("valid").pixels[:300])
+    tagged = export_onnx(model, tmp_path / "tta.onnx", classes, {"tta": "hflip"})
+    plain = FerClassifier(tagged, tta="none")
+    expected = (plain.logits(x) + plain.logits(x[:, :, ::-1].copy())) / 2
+    with_tta = FerClassifier(tagged)  # the metadata turns it on
+    assert with_tta.tta.value == "hflip"
+    np.testing.assert_allclose(with_tta.logits(x, batch_size=64), expected, atol=1e-5)
+    assert not np.allclose(plain.logits(x), expected, atol=1e-3)  # mirroring changes the answer
+    broken = export_onnx(model, tmp_path / "bad.onnx", classes, {"tta": "rotate"})
+    with pytest.raises(ValueError, match=r"bad\.onnx.*'rotate'"):
+        FerClassifier(broken)
 
 
 def test_cli_evaluate_json_on_canonical_and_raw_layout(tiny_onnx, small_dataset, ferplus_dir, tmp_path):
