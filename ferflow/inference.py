@@ -69,6 +69,7 @@ class ServingConfig:
     limits: ImageLimits = field(default_factory=ImageLimits)
     max_batch_images: int = 32  # images per /predict_batch request
     max_batch_bytes: int = 32 * 2**20  # bytes of all images of one /predict_batch request
+    max_classify_batch: int = 64  # faces per model call when /classify requests are grouped
     threads: int = 1  # ONNX Runtime intra-op threads per session (requests run concurrently)
     tta: str | None = None  # FERFLOW_TTA: none | hflip; None = what the model's metadata says
     face: FaceConfig = field(default_factory=FaceConfig)
@@ -439,10 +440,13 @@ class EmotionRecognizer:
         return self.analyze_array(rgb, scale)
 
     def warm_up(self) -> None:
-        """One inference through detector and classifier (first-run allocations, kernels)."""
+        """One inference through detector and classifier (first-run allocations, kernels), and
+        one classifier batch of the largest size served, so that ONNX Runtime's memory arena
+        reaches its working size before the first request rather than during traffic."""
         import cv2
 
         canvas = np.full((256, 256, 3), 128, np.uint8)
         cv2.circle(canvas, (128, 128), 60, (200, 170, 150), -1)
         self.analyze_array(canvas)
         self.classify_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8))
+        self.classify_batch(np.zeros((self.config.max_classify_batch, IMAGE_SIZE, IMAGE_SIZE), np.uint8))

@@ -51,7 +51,6 @@ CONFIG = ServingConfig.from_env()
 STATIC = Path(__file__).parent / "static"
 IMAGE_FIELD = "image"
 WORKERS = int(os.environ.get("FERFLOW_WORKERS", "1"))
-CLASSIFY_MAX_BATCH = 64
 CLASSIFY_MAX_QUEUE = 1024  # faces waiting per worker before /classify answers 503
 
 # Paths reachable without the API key: probes, metrics, API docs, the demo page and its assets.
@@ -201,7 +200,7 @@ class FERService:
         self.recognizer.warm_up()
         self.batcher = MicroBatcher(
             self.recognizer.classify_batch,
-            max_batch_size=CLASSIFY_MAX_BATCH,
+            max_batch_size=CONFIG.max_classify_batch,
             max_queue=CLASSIFY_MAX_QUEUE,
             on_batch=CLASSIFY_BATCH.observe,
         )
