@@ -10,13 +10,15 @@ FERFLOW := $(VENV)/bin/ferflow
 export UV_PYTHON := python3.11
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help setup data run test lint serve pipeline pipeline-smoke bench-data bench-serving clean system-deps
+.PHONY: help setup data dataset run test lint serve pipeline pipeline-smoke reference bench-data bench-serving clean system-deps
 
 help:
-	@echo "make run   - set up, pull the DVC data, run the main job (ingest + validation gate)"
+	@echo "make run   - set up, pull the DVC data, run the main job: the training pipeline, default profile"
+	@echo "             (kfp.local: ingest + GX gate, Optuna study, full training, evaluation, registry gate)"
 	@echo "make test  - set up, pull the DVC data, run the test suite"
-	@echo "make pipeline-smoke - the Kubeflow pipeline, smoke profile, through kfp.local (~5 min)"
-	@echo "make pipeline       - the Kubeflow pipeline, default profile (full data, tuning, training; hours on 2 cores)"
+	@echo "make pipeline-smoke - the same pipeline, smoke profile (a few hundred images, ~5 min)"
+	@echo "make dataset        - only pull, ingest, validate and describe the data"
+	@echo "make reference      - retrain the committed reference model (scripts/train_reference.sh)"
 	@echo "make serve - the BentoML service on :3000"
 	@echo "make lint  - ruff"
 
@@ -33,10 +35,17 @@ setup: $(VENV)/.synced
 data: setup
 	$(FERFLOW) data pull
 
+# the main job: the Kubeflow training pipeline on its embedded defaults, through kfp.local
 run: data
+	$(FERFLOW) pipeline run --profile default
+
+dataset: data
 	$(FERFLOW) data ingest --format ferplus data/ferplus --out artifacts/canonical \
 		--leakage drop --drop-bad-votes --report artifacts/validation
 	$(FERFLOW) data stats artifacts/canonical
+
+reference: dataset
+	scripts/train_reference.sh
 
 # Debian packages the tests drive for real: Chromium (web demo test) and PostgreSQL
 # (parallel Optuna workers, MLflow on PostgreSQL). Installed only when missing.
@@ -54,13 +63,13 @@ lint: setup
 pipeline-smoke: data
 	$(FERFLOW) pipeline run --profile smoke
 
-pipeline: data
-	$(FERFLOW) pipeline run --profile default
+pipeline: run
 
 serve: setup
 	$(FERFLOW) serve --port 3000
 
 bench-serving: setup
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || true
 	$(VENV)/bin/python bench/serving.py --json artifacts/bench/serving.json
 
 bench-data: data

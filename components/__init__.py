@@ -70,10 +70,10 @@ def tune_setup(
     profile: str,
     version: str,
     model_name: str,
-    epochs: int,
+    trial_epochs: int,
     trials: int,
     tune_workers: int,
-    limit_train: int,
+    trial_subset: int,
     steps_per_epoch: int,
     track: bool,
 ) -> list:
@@ -82,7 +82,9 @@ def tune_setup(
     from ferflow.pipeline import study_name, tune_config, tune_setup_step
 
     study = study_name(profile, version, model_name)
-    cfg = tune_config(study, model_name, epochs, trials, tune_workers, limit_train, steps_per_epoch, track)
+    cfg = tune_config(
+        study, model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
+    )
     return tune_setup_step(cfg)
 
 
@@ -91,10 +93,10 @@ def tune_worker(
     dataset: Input[Dataset],
     worker: dict,
     model_name: str,
-    epochs: int,
+    trial_epochs: int,
     trials: int,
     tune_workers: int,
-    limit_train: int,
+    trial_subset: int,
     steps_per_epoch: int,
     track: bool,
 ) -> int:
@@ -102,7 +104,7 @@ def tune_worker(
     from ferflow.pipeline import tune_config, tune_worker_step
 
     cfg = tune_config(
-        worker["study"], model_name, epochs, trials, tune_workers, limit_train, steps_per_epoch, track
+        worker["study"], model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
     )
     return tune_worker_step(cfg, dataset.path, worker)
 
@@ -113,10 +115,10 @@ def tune_finalize(
     profile: str,
     version: str,
     model_name: str,
-    epochs: int,
+    trial_epochs: int,
     trials: int,
     tune_workers: int,
-    limit_train: int,
+    trial_subset: int,
     steps_per_epoch: int,
     track: bool,
     study_report: Output[Artifact],
@@ -126,7 +128,9 @@ def tune_finalize(
     from ferflow.pipeline import log_metrics, study_name, tune_config, tune_finalize_step
 
     study = study_name(profile, version, model_name)
-    cfg = tune_config(study, model_name, epochs, trials, tune_workers, limit_train, steps_per_epoch, track)
+    cfg = tune_config(
+        study, model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
+    )
     out = tune_finalize_step(cfg, study_report.path)
     study_report.metadata.update({**out["study"], "worker_trials": list(worker_trials)})
     log_metrics(metrics, out["metrics"])

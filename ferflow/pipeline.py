@@ -211,23 +211,24 @@ def study_name(profile: str, version: str, model_name: str) -> str:
 def tune_config(
     study: str,
     model_name: str,
-    epochs: int,
+    trial_epochs: int,
     trials: int,
     workers: int,
-    limit_train: int,
+    trial_subset: int,
     steps_per_epoch: int,
     track: bool,
 ) -> TuneConfig:
     """The study of a pipeline run: storage from ``FERFLOW_OPTUNA_STORAGE`` (a Secret on a cluster;
-    the project's ``optuna.db`` locally); trials get at most ``TuneConfig().epochs`` epochs."""
+    the project's ``optuna.db`` locally); each trial trains ``trial_epochs`` epochs on at most
+    ``trial_subset`` images (0: all of Train minus the tuning split)."""
     base = TuneConfig()
     return replace(
         base,
         study=study,
         trials=trials,
         workers=max(1, workers),
-        subset=limit_train,
-        epochs=max(1, min(epochs, base.epochs)),
+        subset=trial_subset,
+        epochs=max(1, trial_epochs),
         steps_per_epoch=steps_per_epoch,
         base=replace(base.base, model=model_name),
         track=track,

@@ -101,6 +101,8 @@ def build_pipeline(cluster: ClusterConfig | None = None):
         track: bool = _D["track"],
         trials: int = _D["trials"],
         tune_workers: int = _D["tune_workers"],
+        trial_epochs: int = _D["trial_epochs"],
+        trial_subset: int = _D["trial_subset"],
         registered_model: str = _D["registered_model"],
     ):
         outcome = record_outcome(profile=profile, track=track).set_caching_options(False)
@@ -123,10 +125,10 @@ def build_pipeline(cluster: ClusterConfig | None = None):
                 profile=profile,
                 version=version.output,
                 model_name=model_name,
-                epochs=epochs,
+                trial_epochs=trial_epochs,
                 trials=trials,
                 tune_workers=tune_workers,
-                limit_train=limit_train,
+                trial_subset=trial_subset,
                 steps_per_epoch=steps_per_epoch,
                 track=track,
             )
