@@ -8,6 +8,12 @@ its int8/fp32 siblings), or exports fresh float32 + int8 models of the named arc
     .venv/bin/python bench/inference.py --seconds 10
     .venv/bin/python bench/inference.py --models ran_fm cnn --seconds 10
     .venv/bin/python bench/inference.py --onnx models/reference/model.onnx
+    .venv/bin/python bench/inference.py --fer-python /path/to/fer-venv/bin/python   # + the peer
+
+Each model is timed with and without its hflip test-time augmentation (``--tta``), and with
+``--dataset`` (default: the canonical dataset when present) also scored on its ``valid`` split
+(majority protocol). ``--fer-python`` runs ``bench/fer_peer.py`` in the venv holding the ``fer``
+package in the same run, so both sides share the machine state; the ratio is ours / fer's.
 """
 
 from __future__ import annotations
@@ -24,10 +30,18 @@ from pathlib import Path
 import numpy as np
 
 
-def bench_onnx(path: Path, seconds: float, threads: int | None) -> dict:
+def bench_onnx(path: Path, seconds: float, threads: int | None, tta: str, dataset: Path | None) -> dict:
     from ferflow.predict import FerClassifier
 
-    clf = FerClassifier(path, threads=threads)
+    clf = FerClassifier(path, threads=threads, tta=tta)
+    accuracy = None
+    if dataset is not None:
+        from ferflow.canonical import open_dataset
+        from ferflow.preprocess import to_model_input
+
+        valid = open_dataset(dataset).load("valid")
+        pred = clf.logits(to_model_input(valid.pixels)).argmax(1)
+        accuracy = round(float((pred == valid.label.astype(int)).mean()), 4)
     rng = np.random.default_rng(0)
     x64 = rng.random((64, 48, 48, 1), dtype=np.float32)
     x1 = x64[:1]
@@ -48,6 +62,8 @@ def bench_onnx(path: Path, seconds: float, threads: int | None) -> dict:
     return {
         "model": str(path),
         "precision": clf.metadata.get("quantization", "fp32"),
+        "tta": clf.tta.value,
+        "accuracy": accuracy,
         "size_mb": round(path.stat().st_size / 2**20, 2),
         "batch64_crops_s": round(cps, 1),
         "latency_ms_p50": round(float(np.median(lat_ms)), 3),
@@ -82,8 +98,12 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None, help="export these architectures fresh")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=None, help="default: usable cores")
+    ap.add_argument("--tta", nargs="*", default=["none", "hflip"], help="test-time augmentations to time")
+    ap.add_argument("--dataset", type=Path, default=Path("artifacts/canonical"), help="scored on valid")
+    ap.add_argument("--fer-python", default=None, help="python of a venv holding the `fer` package")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    dataset = args.dataset if (args.dataset / "dataset.json").is_file() else None
 
     paths: list[Path] = [Path(p) for p in args.onnx or []]
     tmp = tempfile.TemporaryDirectory()
@@ -96,15 +116,41 @@ def main() -> None:
         paths = [ref]
     results = []
     for p in paths:
-        r = bench_onnx(p, args.seconds, args.threads)
-        r["model"] = p.name if p.is_relative_to(tmp.name) else str(p)
-        results.append(r)
+        for tta in args.tta:
+            fresh = p.is_relative_to(tmp.name)  # random weights: accuracy means nothing
+            r = bench_onnx(p, args.seconds, args.threads, tta, None if fresh else dataset)
+            r["model"] = p.name if fresh else str(p)
+            results.append(r)
+            acc = "" if r["accuracy"] is None else f"  accuracy {100 * r['accuracy']:.2f} %"
+            print(
+                f"{r['model']:40s} {r['precision']:5s} tta={r['tta']:5s} {r['size_mb']:6.2f} MB  "
+                f"batch64 {r['batch64_crops_s']:9.1f} crops/s  "
+                f"latency p50 {r['latency_ms_p50']:.3f} ms p95 {r['latency_ms_p95']:.3f} ms{acc}",
+                flush=True,
+            )
+    if args.fer_python:
+        if dataset is None:
+            sys.exit("--fer-python needs --dataset (a canonical dataset with a valid split)")
+        script = Path(__file__).with_name("fer_peer.py")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+        out = subprocess.run(
+            [args.fer_python, str(script), "--dataset", str(dataset), "--seconds", str(args.seconds)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        fer = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"{r['model']:40s} {r['precision']:5s} {r['size_mb']:6.2f} MB  "
-            f"batch64 {r['batch64_crops_s']:9.1f} crops/s  "
-            f"latency p50 {r['latency_ms_p50']:.3f} ms p95 {r['latency_ms_p95']:.3f} ms",
+            f"{fer['model']:40s} int8  tta=none  batch64 {fer['batch64_crops_s']:9.1f} crops/s  "
+            f"latency p50 {fer['latency_ms_p50']:.3f} ms p95 {fer['latency_ms_p95']:.3f} ms  "
+            f"accuracy {100 * fer['accuracy']:.2f} %",
             flush=True,
         )
+        for r in results:
+            r["speed_vs_fer"] = round(r["batch64_crops_s"] / fer["batch64_crops_s"], 3)
+            print(f"{r['model']} tta={r['tta']}: {r['speed_vs_fer']:.2f}x fer's crops/s", flush=True)
+        results.append({**fer, "peer": True})
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
