@@ -368,7 +368,10 @@ def offline_predict_ms(files: list[Path], rounds: int = 3) -> float:
 
 FER_SCRIPT = """
 import json, sys, time, cv2
-from fer import FER
+try:
+    from fer import FER
+except ImportError:  # fer >= 25 exports FER from fer.fer only
+    from fer.fer import FER
 detector = FER(mtcnn={mtcnn})
 files = json.loads(sys.argv[1])
 images = [cv2.imread(f) for f in files]

@@ -636,6 +636,17 @@ def train(
             if cost <= 0.005:
                 shutil.copyfile(int8_path, onnx_path)
                 extras["onnx_precision"] = "int8"
+        extras["tta"] = tta
+        if tta != TestTimeAugmentation.NONE.value:
+            # TTA doubles the inference cost: keep it only for a clear gain on the tuning split
+            plain_clf, tta_clf = FerClassifier(onnx_path, tta="none"), FerClassifier(onnx_path)
+            plain = ev.evaluate_split(plain_clf, tune_split, classes, occlusion=False)
+            with_tta = ev.evaluate_split(tta_clf, tune_split, classes, occlusion=False)
+            gain = with_tta["accuracy"] - plain["accuracy"]
+            extras["tta_tune_accuracy_gain"] = gain
+            if gain < cfg.tta_min_gain:
+                extras["tta"] = TestTimeAugmentation.NONE.value
+                ex.set_metadata(onnx_path, {"tta": extras["tta"]})
         predictor = FerClassifier(onnx_path)
         metrics["tune"] = ev.evaluate_split(predictor, tune_split, classes, occlusion=False)
         if test_split is not None:
@@ -669,7 +680,9 @@ def train(
         if extras.get("int8_tune_accuracy_cost") is not None:
             mlflow.log_metric("int8_tune_accuracy_cost", extras["int8_tune_accuracy_cost"])
         mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
-        mlflow.set_tag("tta", TestTimeAugmentation(cfg.tta).value)
+        mlflow.set_tag("tta", extras.get("tta", TestTimeAugmentation(cfg.tta).value))
+        if extras.get("tta_tune_accuracy_gain") is not None:
+            mlflow.log_metric("tta_tune_accuracy_gain", extras["tta_tune_accuracy_gain"])
         for name in (
             "learning_curves.png",
             "confusion_matrix.png",
