@@ -116,39 +116,19 @@ def test_resume_refuses_a_different_config(small_dataset, tmp_path):
     from ferflow.train import train
 
     run_dir = tmp_path / "run"
-    train(
-        replace(TINY, epochs=1),
-        small_dataset,
-        run_dir,
-        track=False,
-        export=False,
-        steps_per_epoch=2,
-        verbose=0,
-    )
+
+    def short_run(cfg: TrainConfig, resume: bool = False):
+        return train(
+            cfg, small_dataset, run_dir, resume, track=False, export=False, steps_per_epoch=2, verbose=0
+        )
+
+    short_run(replace(TINY, epochs=1))
     # export-only options may change on resume (re-export of a finished run) ...
-    again = train(
-        replace(TINY, epochs=1, tta="none", quantize_int8=False),
-        small_dataset,
-        run_dir,
-        resume=True,
-        track=False,
-        export=False,
-        steps_per_epoch=2,
-        verbose=0,
-    )
+    again = short_run(replace(TINY, epochs=1, tta="none", quantize_int8=False), resume=True)
     assert [h["epoch"] for h in again.history] == [0]  # nothing retrained
     # ... but anything that shapes the fit may not
     with pytest.raises(ValueError, match="different configuration"):
-        train(
-            replace(TINY, epochs=1, width=16),
-            small_dataset,
-            run_dir,
-            resume=True,
-            track=False,
-            export=False,
-            steps_per_epoch=2,
-            verbose=0,
-        )
+        short_run(replace(TINY, epochs=1, width=16), resume=True)
 
 
 def test_onnx_export_agrees_with_keras_on_real_images(trained, small_dataset, tmp_path):
