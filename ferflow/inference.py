@@ -442,13 +442,10 @@ class EmotionRecognizer:
         return self.analyze_array(rgb, scale)
 
     def warm_up(self) -> None:
-        """One inference through detector and classifier (first-run allocations, kernels), and
-        one classifier batch of the largest size served, so that ONNX Runtime's memory arena
-        reaches its working size before the first request rather than during traffic."""
+        """One inference through detector and classifier (first-run allocations, kernels)."""
         import cv2
 
         canvas = np.full((256, 256, 3), 128, np.uint8)
         cv2.circle(canvas, (128, 128), 60, (200, 170, 150), -1)
         self.analyze_array(canvas)
         self.classify_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8))
-        self.classify_batch(np.zeros((self.config.max_classify_batch, IMAGE_SIZE, IMAGE_SIZE), np.uint8))
