@@ -1,4 +1,4 @@
-"""Exported-model inference speed with ONNX Runtime (targets: >= 1,500 crops/s at batch 64,
+"""Exported-model inference speed with OpenVINO and ONNX Runtime (targets: >= 1,500 crops/s at batch 64,
 single-crop latency <= 2 ms on 2 cores).
 
 Benchmarks each ONNX file given (default: the committed reference model and, if present,
@@ -10,7 +10,9 @@ its int8/fp32 siblings), or exports fresh float32 + int8 models of the named arc
     .venv/bin/python bench/inference.py --onnx models/reference/model.onnx
     .venv/bin/python bench/inference.py --fer-python /path/to/fer-venv/bin/python   # + the peer
 
-Each model is timed with and without its hflip test-time augmentation (``--tta``), and with
+Each model is timed on each runtime (``--runtime``; ``auto`` falls back to ONNX Runtime when
+OpenVINO fails its agreement probe, and the row says so), with and without its hflip
+test-time augmentation (``--tta``), and with
 ``--dataset`` (default: the canonical dataset when present) also scored on its ``valid`` split
 (majority protocol). ``--fer-python`` runs ``bench/fer_peer.py`` in the venv holding the ``fer``
 package in the same run, so both sides share the machine state; the ratio is ours / fer's.
@@ -30,10 +32,12 @@ from pathlib import Path
 import numpy as np
 
 
-def bench_onnx(path: Path, seconds: float, threads: int | None, tta: str, dataset: Path | None) -> dict:
+def bench_onnx(
+    path: Path, seconds: float, threads: int | None, tta: str, dataset: Path | None, runtime: str
+) -> dict:
     from ferflow.predict import FerClassifier
 
-    clf = FerClassifier(path, threads=threads, tta=tta)
+    clf = FerClassifier(path, threads=threads, tta=tta, runtime=runtime)
     accuracy = None
     if dataset is not None:
         from ferflow.canonical import open_dataset
@@ -62,6 +66,8 @@ def bench_onnx(path: Path, seconds: float, threads: int | None, tta: str, datase
     return {
         "model": str(path),
         "precision": clf.metadata.get("quantization", "fp32"),
+        "runtime": clf.runtime.value,
+        "fallback_reason": clf.fallback_reason,
         "tta": clf.tta.value,
         "accuracy": accuracy,
         "size_mb": round(path.stat().st_size / 2**20, 2),
@@ -99,6 +105,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=None, help="default: usable cores")
     ap.add_argument("--tta", nargs="*", default=["none", "hflip"], help="test-time augmentations to time")
+    ap.add_argument(
+        "--runtime", nargs="*", default=["openvino", "onnxruntime"], help="auto | openvino | onnxruntime"
+    )
     ap.add_argument("--dataset", type=Path, default=Path("artifacts/canonical"), help="scored on valid")
     ap.add_argument("--fer-python", default=None, help="python of a venv holding the `fer` package")
     ap.add_argument("--out", default=None)
@@ -116,18 +125,21 @@ def main() -> None:
         paths = [ref]
     results = []
     for p in paths:
-        for tta in args.tta:
-            fresh = p.is_relative_to(tmp.name)  # random weights: accuracy means nothing
-            r = bench_onnx(p, args.seconds, args.threads, tta, None if fresh else dataset)
-            r["model"] = p.name if fresh else str(p)
-            results.append(r)
-            acc = "" if r["accuracy"] is None else f"  accuracy {100 * r['accuracy']:.2f} %"
-            print(
-                f"{r['model']:40s} {r['precision']:5s} tta={r['tta']:5s} {r['size_mb']:6.2f} MB  "
-                f"batch64 {r['batch64_crops_s']:9.1f} crops/s  "
-                f"latency p50 {r['latency_ms_p50']:.3f} ms p95 {r['latency_ms_p95']:.3f} ms{acc}",
-                flush=True,
-            )
+        for runtime in args.runtime:
+            for tta in args.tta:
+                fresh = p.is_relative_to(tmp.name)  # random weights: accuracy means nothing
+                r = bench_onnx(p, args.seconds, args.threads, tta, None if fresh else dataset, runtime)
+                r["model"] = p.name if fresh else str(p)
+                results.append(r)
+                acc = "" if r["accuracy"] is None else f"  accuracy {100 * r['accuracy']:.2f} %"
+                print(
+                    f"{r['model']:40s} {r['runtime']:11s} {r['precision']:5s} tta={r['tta']:5s} "
+                    f"{r['size_mb']:6.2f} MB  batch64 {r['batch64_crops_s']:9.1f} crops/s  "
+                    f"latency p50 {r['latency_ms_p50']:.3f} ms p95 {r['latency_ms_p95']:.3f} ms{acc}",
+                    flush=True,
+                )
+                if r["fallback_reason"]:
+                    print(f"  (not OpenVINO: {r['fallback_reason']})", flush=True)
     if args.fer_python:
         if dataset is None:
             sys.exit("--fer-python needs --dataset (a canonical dataset with a valid split)")
@@ -149,7 +161,10 @@ def main() -> None:
         )
         for r in results:
             r["speed_vs_fer"] = round(r["batch64_crops_s"] / fer["batch64_crops_s"], 3)
-            print(f"{r['model']} tta={r['tta']}: {r['speed_vs_fer']:.2f}x fer's crops/s", flush=True)
+            print(
+                f"{r['model']} {r['runtime']} tta={r['tta']}: {r['speed_vs_fer']:.2f}x fer's crops/s",
+                flush=True,
+            )
         results.append({**fer, "peer": True})
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

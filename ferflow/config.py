@@ -265,6 +265,17 @@ class Precision(StrEnum):
     MIXED_FLOAT16 = "mixed_float16"
 
 
+class Runtime(StrEnum):
+    """The engine that runs an exported ONNX model (``FerClassifier``; ``FERFLOW_RUNTIME``)."""
+
+    AUTO = "auto"  # OpenVINO when it agrees with ONNX Runtime on a probe batch, else ONNX Runtime
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"  # 2.5-3x ONNX Runtime on the int8 reference model here (docs/benchmarks.md)
+
+
+RUNTIME_ENV = "FERFLOW_RUNTIME"
+
+
 class TestTimeAugmentation(StrEnum):
     """Inference-time augmentation, stored in the exported model's metadata (``tta``)."""
 
@@ -519,6 +530,9 @@ class TuneConfig:
     base: TrainConfig = field(default_factory=lambda: TrainConfig(early_stopping_patience=0))
     experiment: str = "ferflow-tune"
     track: bool = True  # study = MLflow parent run, trials = nested runs
+    # a new study's first trial is ``base`` itself, so every study measures the untuned recipe
+    # under the same budget and the tuned result has to beat it (gain reported in the summary)
+    baseline: bool = True
 
     @property
     def storage_url(self) -> str:

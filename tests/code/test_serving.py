@@ -466,7 +466,9 @@ def test_no_tensorflow_in_the_server(server: Server) -> None:
     for proc in server.processes():
         mapped |= {m.path for m in proc.memory_maps()}
     assert any("onnxruntime" in p for p in mapped)  # the check sees the worker's libraries
-    assert not [p for p in mapped if "tensorflow" in p.lower()]
+    # OpenVINO maps its own TensorFlow *model-format reader* (openvino/frontend/tensorflow); that
+    # is not TensorFlow. TensorFlow itself lives in site-packages/tensorflow.
+    assert not [p for p in mapped if "site-packages/tensorflow" in p or "libtensorflow" in p]
     assert "tensorflow imported: False" in server.log.read_text()
 
 
