@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ferflow.config import IMAGE_SIZE, FaceConfig, RegistryConfig
+from ferflow.config import IMAGE_SIZE, RUNTIME_ENV, FaceConfig, RegistryConfig
 
 # --- configuration --------------------------------------------------------------------------
 
@@ -38,6 +38,7 @@ ENV_MAX_PIXELS = "FERFLOW_MAX_PIXELS"
 ENV_MAX_BATCH_IMAGES = "FERFLOW_MAX_BATCH_IMAGES"
 ENV_THREADS = "FERFLOW_THREADS"
 ENV_TTA = "FERFLOW_TTA"
+ENV_CPU_SLOTS = "FERFLOW_CPU_SLOTS"
 
 FORMATS: dict[str, str] = {
     "JPEG": "image/jpeg",
@@ -74,6 +75,10 @@ class ServingConfig:
     # pod (405 vs 279 req/s measured, docs/benchmarks.md); set FERFLOW_THREADS to the pod's cores.
     threads: int = 2
     tta: str | None = None  # FERFLOW_TTA: none | hflip; None = what the model's metadata says
+    runtime: str | None = None  # FERFLOW_RUNTIME: auto | openvino | onnxruntime (ferflow.predict)
+    # Requests decoded / analysed at once per worker (the rest wait their turn). On 2 cores more
+    # only adds peak memory: each of 64 concurrent /predict decodes held its own buffers.
+    cpu_slots: int = 4
     face: FaceConfig = field(default_factory=FaceConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
@@ -107,6 +112,8 @@ class ServingConfig:
             max_batch_images=integer(ENV_MAX_BATCH_IMAGES, cls.max_batch_images),
             threads=integer(ENV_THREADS, cls.threads),
             tta=env.get(ENV_TTA, "").strip() or None,
+            runtime=env.get(RUNTIME_ENV, "").strip() or None,
+            cpu_slots=integer(ENV_CPU_SLOTS, cls.cpu_slots),
         )
 
 
@@ -367,7 +374,9 @@ class EmotionRecognizer:
         self.limits = self.config.limits
         self.info = model
         try:
-            self.classifier = FerClassifier(model.path, threads=self.config.threads, tta=self.config.tta)
+            self.classifier = FerClassifier(
+                model.path, threads=self.config.threads, tta=self.config.tta, runtime=self.config.runtime
+            )
         except (FileNotFoundError, ValueError) as exc:
             raise ModelLoadError(str(exc)) from exc
         self.classes: list[str] = list(self.classifier.classes)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
@@ -298,11 +299,16 @@ class FERService:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-async def _run(func: Any, *args: Any) -> Any:
-    """CPU work off the event loop (ONNX Runtime releases the GIL)."""
-    from starlette.concurrency import run_in_threadpool
+_cpu_slots: anyio.CapacityLimiter | None = None
 
-    return await run_in_threadpool(func, *args)
+
+async def _run(func: Any, *args: Any) -> Any:
+    """CPU work off the event loop (the model runtimes release the GIL), at most
+    ``CONFIG.cpu_slots`` at a time per worker."""
+    global _cpu_slots
+    if _cpu_slots is None:  # created inside the running loop, as anyio requires
+        _cpu_slots = anyio.CapacityLimiter(CONFIG.cpu_slots)
+    return await anyio.to_thread.run_sync(func, *args, limiter=_cpu_slots)
 
 
 if CONFIG.api_key:
