@@ -220,10 +220,15 @@ def tune_config(
 ) -> TuneConfig:
     """The study of a pipeline run: storage from ``FERFLOW_OPTUNA_STORAGE`` (a Secret on a cluster;
     the project's ``optuna.db`` locally); each trial trains ``trial_epochs`` epochs on at most
-    ``trial_subset`` images (0: all of Train minus the tuning split)."""
+    ``trial_subset`` images (0: all of Train minus the tuning split).
+
+    Width and batch size stay at the recipe's: they set the final training's cost, and a profile
+    documents that time. Short trials also favour the cheaper, weaker settings of both.
+    ``ferflow tune`` searches them."""
     base = TuneConfig()
     return replace(
         base,
+        space=replace(base.space, width=(base.base.width,), batch_size=(base.base.batch_size,)),
         study=study,
         trials=trials,
         workers=max(1, workers),

@@ -56,6 +56,7 @@ TUNED_PARAMS: tuple[str, ...] = (
 
 _AUGMENT_PARAMS = ("erase_prob", "rotation_deg")
 PARENT_RUN_ATTR = "mlflow_run_id"
+BASELINE_ATTR = "baseline"  # trial user attribute: this trial ran the untuned base recipe
 
 TuningData = tuple[dict[str, Split], dict[str, Any]]
 
@@ -163,6 +164,32 @@ def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
             top[key] = int(top[key])
     aug = {k: float(params[k]) for k in _AUGMENT_PARAMS if k in params}
     return replace(base, **top, augment=replace(base.augment, **aug))
+
+
+def baseline_params(cfg: TuneConfig) -> dict[str, Any]:
+    """The base recipe's own values of the tuned hyper-parameters, where the space allows them."""
+    b, s = cfg.base, cfg.space
+    values: dict[str, Any] = {
+        "learning_rate": b.learning_rate,
+        "weight_decay": b.weight_decay,
+        "width": b.width,
+        "dropout": b.dropout,
+        "erase_prob": b.augment.erase_prob,
+        "rotation_deg": b.augment.rotation_deg,
+        "label_scheme": LabelScheme(b.label_scheme).value,
+        "rb_margin": b.rb_margin,
+        "batch_size": b.batch_size,
+    }
+    out = {}
+    for name, value in values.items():
+        allowed = getattr(s, name)
+        if name in ("width", "batch_size", "label_scheme"):
+            ok = value in [LabelScheme(x).value if name == "label_scheme" else x for x in allowed]
+        else:
+            ok = allowed[0] <= value <= allowed[1]
+        if ok:
+            out[name] = value
+    return out
 
 
 def trial_config(cfg: TuneConfig, params: dict[str, Any]) -> TrainConfig:
@@ -413,6 +440,14 @@ class TuneResult:
     seconds: float
     mlflow_run_id: str | None
     artifacts: dict[str, Path] = field(default_factory=dict)
+    baseline_value: float | None = None  # the untuned base recipe's trial, when it completed
+
+    @property
+    def gain(self) -> float | None:
+        """Best value minus the untuned baseline's (tuning-split accuracy, 0-1)."""
+        if self.best_value is None or self.baseline_value is None:
+            return None
+        return self.best_value - self.baseline_value
 
     def render(self) -> str:
         lines = [
@@ -422,6 +457,11 @@ class TuneResult:
         if self.best_trial is not None:
             lines.append(f"best trial {self.best_trial}: tuning-split accuracy {self.best_value:.4f}")
             lines += [f"  {k:<14} {v}" for k, v in self.best_params.items()]
+            if self.gain is not None:
+                lines.append(
+                    f"untuned baseline: {self.baseline_value:.4f}; tuning gained "
+                    f"{100 * self.gain:+.2f} points under the same trial budget"
+                )
         else:
             lines.append("no completed trial yet")
         lines.append(f"wall time {self.seconds:.1f} s")
@@ -450,6 +490,8 @@ def create_study(cfg: TuneConfig):
         ) from exc
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise TuneError(f"study {cfg.study!r} exists and minimises; ferflow studies maximise accuracy")
+    if cfg.baseline and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(baseline_params(cfg), user_attrs={BASELINE_ATTR: True})
     parent = _Tracker(cfg).parent(study, cfg) if cfg.track else None
     return study, parent
 
@@ -596,6 +638,7 @@ def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneRe
         states[t.state.name] = states.get(t.state.name, 0) + 1
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if complete else None
+    baseline = [t for t in complete if t.user_attrs.get(BASELINE_ATTR)]
     result = TuneResult(
         study_name=cfg.study,
         storage=redact(cfg.storage_url),
@@ -606,6 +649,7 @@ def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneRe
         best_trial=best.number if best else None,
         seconds=0.0,
         mlflow_run_id=study.user_attrs.get(PARENT_RUN_ATTR) if cfg.track else None,
+        baseline_value=baseline[0].value if baseline else None,
     )
     with tempfile.TemporaryDirectory(prefix="ferflow-study-") as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
@@ -625,6 +669,9 @@ def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneRe
             metrics = {f"n_{k.lower()}": float(v) for k, v in states.items()}
             if best is not None:
                 metrics["best_value"] = float(best.value)
+            if result.gain is not None:
+                metrics["baseline_value"] = float(result.baseline_value)
+                metrics["gain_over_baseline"] = float(result.gain)
             tracker.log_metrics(run_id, metrics, step=len(trials))
             tracker.client.set_terminated(run_id, status="FINISHED")
         if not out_dir:
@@ -649,6 +696,7 @@ def write_study_report(study, out: Path) -> dict[str, Path]:
         "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
         "best_params": best.params if best else {},
+        "baseline_value": next((t.value for t in complete if t.user_attrs.get(BASELINE_ATTR)), None),
         "states": {
             s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState
         },

@@ -283,3 +283,17 @@ def test_cli_schedule_and_compile(kfp_api: FakeKFP, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "6" in res.output
     res = runner.invoke(app, ["pipeline", "run", "--profile", "nightly"])
     assert res.exit_code == 2 and "unknown pipeline profile" in res.output
+
+
+def test_pipeline_study_keeps_the_recipe_width_and_batch_and_starts_from_the_baseline() -> None:
+    from ferflow.config import TrainConfig
+    from ferflow.pipeline import tune_config
+    from ferflow.tune import baseline_params
+
+    cfg = tune_config(
+        "s", "ran_fm", trial_epochs=5, trials=8, workers=2, trial_subset=4000, steps_per_epoch=0, track=False
+    )
+    assert cfg.space.width == (TrainConfig.width,) and cfg.space.batch_size == (TrainConfig.batch_size,)
+    assert cfg.baseline
+    params = baseline_params(cfg)
+    assert params["learning_rate"] == TrainConfig.learning_rate and params["width"] == TrainConfig.width

@@ -65,6 +65,7 @@ def tiny(tmp_path: Path, study: str, **kw) -> TuneConfig:
         base=BASE,
         space=SPACE,
         experiment="ferflow-tune-test",
+        baseline=False,  # tests enqueue their own trials; the baseline has its own test
     )
     return TuneConfig(**{**defaults, **kw})
 
@@ -117,6 +118,32 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
     assert result.best_trial in (0, 1)
     tags = mlflow_sqlite.get_run(parent).data.tags
     assert tags["optuna.storage"].startswith("sqlite:///") and tags["best.learning_rate"]
+
+
+def test_new_study_starts_with_the_untuned_baseline_and_reports_the_gain(
+    small_dataset, tmp_path, mlflow_sqlite
+):
+    from ferflow.tune import BASELINE_ATTR, baseline_params, create_study, finalize_study, run_worker
+
+    base = replace(BASE, learning_rate=1e-7)  # an untuned default that learns nothing
+    space = replace(SPACE, learning_rate=(1e-7, 5e-3))
+    cfg = tiny(tmp_path, "baseline", pruner=PrunerName.NONE, epochs=2, base=base, space=space, baseline=True)
+    expected = baseline_params(cfg)
+    assert expected["learning_rate"] == 1e-7 and expected["width"] == 8
+    assert "batch_size" not in expected  # 64 is outside this space's (32,): sampled instead
+    study, _ = create_study(cfg)
+    study.enqueue_trial(GOOD)
+    assert run_worker(cfg, small_dataset, 2) == 2
+    create_study(cfg)  # loading the study again (resume) enqueues no second baseline
+    first, second = study.get_trials()
+    assert first.user_attrs.get(BASELINE_ATTR) and not second.user_attrs.get(BASELINE_ATTR)
+    assert {k: first.params[k] for k in expected} == expected
+    result = finalize_study(cfg)
+    assert result.baseline_value == first.value
+    assert result.gain == pytest.approx(result.best_value - first.value)
+    assert result.gain > 0, (first.value, second.value)  # GOOD learns; lr 1e-7 does not
+    assert "untuned baseline" in result.render()
+    assert len(study.get_trials()) == 2
 
 
 def test_failed_trials_are_recorded_and_the_study_continues(small_dataset, tmp_path, mlflow_sqlite):
