@@ -124,7 +124,8 @@ def tune_finalize(
     study_report: Output[Artifact],
     metrics: Output[Metrics],
 ) -> str:
-    """Fan-in: best parameters as JSON (input of train-model), counts, plots and trials.csv."""
+    """Fan-in: the tuned values train-model uses (JSON; ``{}`` keeps the recipe unless the best
+    trial beat the untuned baseline), counts, plots and trials.csv."""
     from ferflow.pipeline import log_metrics, study_name, tune_config, tune_finalize_step
 
     study = study_name(profile, version, model_name)
@@ -222,6 +223,7 @@ def summarize_run(
     train_metrics: Input[Metrics],
     eval_metrics: Input[Metrics],
     blessed: bool,
+    study_report: Input[Artifact],
     summary: Output[Markdown],
 ) -> str:
     """The run summary (Markdown for the KFP UI; JSON as the output parameter)."""
@@ -237,6 +239,7 @@ def summarize_run(
         dict(train_metrics.metadata),
         dict(eval_metrics.metadata),
         blessed,
+        dict(study_report.metadata),
     )
     with open(summary.path, "w") as fh:
         fh.write(text)

@@ -451,10 +451,12 @@ class EmotionRecognizer:
         return self.analyze_array(rgb, scale)
 
     def warm_up(self) -> None:
-        """One inference through detector and classifier (first-run allocations, kernels)."""
+        """One inference through the detector, and the classifier at every batch size it will
+        run (``max_classify_batch``), so first-run kernels and buffers are allocated before the
+        service reports ready rather than under the first load."""
         import cv2
 
         canvas = np.full((256, 256, 3), 128, np.uint8)
         cv2.circle(canvas, (128, 128), 60, (200, 170, 150), -1)
         self.analyze_array(canvas)
-        self.classify_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8))
+        self.classifier.warm_up(self.config.max_classify_batch)

@@ -262,18 +262,34 @@ def tune_worker_step(cfg: TuneConfig, dataset_dir: str | Path, item: dict[str, A
 
 
 def tune_finalize_step(cfg: TuneConfig, report_dir: str | Path) -> dict[str, Any]:
-    """Best parameters (JSON for train-model), counts, and the study report (plots, trials.csv)."""
+    """The values train-model uses (JSON), counts, and the study report (plots, trials.csv).
+
+    Train-model gets the best trial's values only when they beat the study's untuned baseline by
+    ``cfg.min_gain``; otherwise ``{}`` (the recipe), and ``study.decision`` says which and why.
+    """
     from ferflow.tune import finalize_study
 
     result = finalize_study(cfg, out_dir=report_dir)
+    params, decision = result.adopted(cfg.min_gain)
     metrics: dict[str, Any] = {f"trials_{k.lower()}": v for k, v in result.states.items()}
     metrics["trials_total"] = result.n_trials
     if result.best_value is not None:
         metrics["best_tune_accuracy"] = result.best_value
+    if result.gain is not None:
+        metrics["baseline_tune_accuracy"] = result.baseline_value
+        metrics["tuning_gain"] = result.gain
     return {
-        "best_params": json.dumps(result.best_params),
+        "best_params": json.dumps(params),
         "metrics": metrics,
-        "study": {"study": result.study_name, "storage": result.storage, "best_trial": result.best_trial},
+        "study": {
+            "study": result.study_name,
+            "storage": result.storage,
+            "best_trial": result.best_trial,
+            "best_value": result.best_value,
+            "baseline_value": result.baseline_value,
+            "adopted": bool(params),
+            "decision": decision,
+        },
     }
 
 
@@ -415,6 +431,7 @@ def summarize(
     train_metrics: dict[str, Any],
     evaluation: dict[str, Any],
     blessed: bool,
+    tuning: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The run summary as JSON and as the Markdown the KFP UI shows."""
     # KFP metadata is a protobuf Struct: every number comes back a float
@@ -430,6 +447,7 @@ def summarize(
         "evaluation": evaluation,
         "blessed": blessed,
         "reason": reason,
+        "tuning": _ints(tuning or {}),
     }
     lines = [
         f"# ferflow training run — profile `{profile}`",
@@ -437,6 +455,7 @@ def summarize(
         f"- **Data version**: `{summary['data_version']}`; gate {data.get('gate')}; "
         f"images kept {data_metrics.get('images_kept')} of {data_metrics.get('images_read')} "
         f"(splits {data.get('splits')})",
+        f"- **Tuning**: {_tuning_line(summary['tuning'])}",
         f"- **Model**: `{train.get('model')}`, {train_metrics.get('epochs_run')} epochs, "
         f"{train_metrics.get('train_seconds')} s training on {train.get('device')}, "
         f"ONNX {train.get('onnx_precision')}; MLflow run `{train.get('mlflow_run_id')}`",
@@ -445,6 +464,17 @@ def summarize(
         f"- **Quality floor**: {'passed' if blessed else 'not passed'} — {reason}",
     ]
     return summary, "\n".join(lines) + "\n"
+
+
+def _tuning_line(t: dict[str, Any]) -> str:
+    if t.get("best_trial") is None:
+        return "no completed trial"
+    base = t.get("baseline_value")
+    baseline = f", untuned baseline {base:.4f}" if isinstance(base, float) else ""
+    return (
+        f"study `{t.get('study')}`, best trial {t['best_trial']} (tuning-split accuracy "
+        f"{t.get('best_value', float('nan')):.4f}{baseline}); {t.get('decision', '')}"
+    )
 
 
 def _ints(value: Any) -> Any:
@@ -576,6 +606,7 @@ class LocalRun:
             lines += [
                 f"data version:  {sm['data_version']} (gate {d.get('gate')}, {d.get('images_kept')} of "
                 f"{d.get('images_read')} images kept, splits {d.get('splits')})",
+                f"tuning:        {_tuning_line(sm.get('tuning') or {})}",
                 f"model:         {m.get('model')}, {m.get('epochs_run')} epochs, {m.get('train_seconds')} s "
                 f"training on {m.get('device')}",
                 f"mlflow run:    {m.get('mlflow_run_id')}",

@@ -109,7 +109,7 @@ class FerClassifier:
         except Exception as err:  # a graph OpenVINO cannot compile: ONNX Runtime still can
             problem = f"OpenVINO cannot compile it: {err}"
         if problem is None:
-            self._infer, self.runtime = engine.run, Runtime.OPENVINO
+            self._engine, self._infer, self.runtime = engine, engine.run, Runtime.OPENVINO
             return
         if wanted is Runtime.OPENVINO:
             raise ValueError(f"{self.path}: runtime openvino refused: {problem}")
@@ -162,6 +162,13 @@ class FerClassifier:
         """Class probabilities ``(N, C)`` for uint8 grayscale faces ``(N, 48, 48)``."""
         return softmax(self.logits(to_model_input(faces), batch_size))
 
+    def warm_up(self, max_batch: int) -> None:
+        """Run every batch size up to ``max_batch`` once (OpenVINO: on each of its threads)."""
+        if self.runtime is Runtime.OPENVINO:
+            self._engine.warm_up(max_batch)
+        else:
+            self._infer(np.zeros((max_batch, 48, 48, 1), np.float32))
+
     def predict(self, faces: np.ndarray) -> list[str]:
         return [self.classes[i] for i in self.predict_proba(faces).argmax(axis=1)]
 
@@ -197,6 +204,22 @@ class _OpenVINO:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._callers.submit(self._infer, x).result()
+
+    def warm_up(self, max_batch: int) -> None:
+        """Every bucket up to ``max_batch`` on every caller thread (each keeps its own buffers)."""
+        together = threading.Barrier(self.CALLERS)  # holds each task on a thread of its own
+
+        def warm() -> None:
+            together.wait(timeout=60)
+            size = 1
+            while True:
+                self._infer(np.zeros((size, 48, 48, 1), np.float32))
+                if size >= max_batch:
+                    break
+                size *= 2
+
+        for task in [self._callers.submit(warm) for _ in range(self.CALLERS)]:
+            task.result()
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)

@@ -442,6 +442,22 @@ class TuneResult:
     artifacts: dict[str, Path] = field(default_factory=dict)
     baseline_value: float | None = None  # the untuned base recipe's trial, when it completed
 
+    def adopted(self, min_gain: float) -> tuple[dict[str, Any], str]:
+        """The values a final training should use, and why: the best trial's when they beat the
+        untuned baseline by at least ``min_gain``, else none (the recipe as it is)."""
+        if self.best_trial is None:
+            return {}, "no completed trial: the recipe as it is"
+        if self.gain is None:
+            return dict(self.best_params), f"best trial {self.best_trial} (the study has no baseline trial)"
+        if self.gain < min_gain:
+            return {}, (
+                f"kept the recipe: the best trial ({self.best_trial}) gained {100 * self.gain:+.2f} points "
+                f"over the untuned baseline, less than the {100 * min_gain:.2f} required"
+            )
+        return dict(self.best_params), (
+            f"best trial {self.best_trial}: {100 * self.gain:+.2f} points over the untuned baseline"
+        )
+
     @property
     def gain(self) -> float | None:
         """Best value minus the untuned baseline's (tuning-split accuracy, 0-1)."""

@@ -173,6 +173,7 @@ def build_pipeline(cluster: ClusterConfig | None = None):
                 train_metrics=trained.outputs["metrics"],
                 eval_metrics=evaluation.outputs["metrics"],
                 blessed=evaluation.outputs["Output"],
+                study_report=tuned.outputs["study_report"],
             ).set_caching_options(False)
             _configure_cluster(summary, cluster)
 

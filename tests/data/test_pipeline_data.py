@@ -111,3 +111,8 @@ def test_smoke_profile_end_to_end_registers_a_champion(
     assert version["git_commit"] and version["gate.promoted"] == "true"
     assert float(version["gate.accuracy"]) == pytest.approx(run.summary["evaluation"]["accuracy"], abs=1e-6)
     assert "PROMOTED to champion" in run.render()
+    # one trial, and it is the untuned baseline: nothing to adopt, and the summary says so
+    tuning = run.summary["tuning"]
+    assert tuning["best_trial"] == 0 and tuning["best_value"] == tuning["baseline_value"]
+    assert tuning["adopted"] is False and "kept the recipe" in tuning["decision"]
+    assert "best trial 0" in run.render()

@@ -265,3 +265,30 @@ def test_split_trials_and_apply_params_validate() -> None:
         apply_params(BASE, {"lr": 1e-3})
     cfg = apply_params(replace(BASE, epochs=5), {**GOOD, "rotation_deg": 12.5})
     assert cfg.augment.rotation_deg == 12.5 and cfg.epochs == 5 and cfg.label_scheme is LabelScheme.MAJORITY
+
+
+def test_pipeline_adopts_tuned_values_only_above_the_minimum_gain() -> None:
+    from ferflow.tune import TuneResult
+
+    def result(best: float | None, baseline: float | None) -> TuneResult:
+        return TuneResult(
+            study_name="s",
+            storage="sqlite://",
+            n_trials=3,
+            states={"COMPLETE": 3},
+            best_value=best,
+            best_params={} if best is None else {"dropout": 0.3},
+            best_trial=None if best is None else 2,
+            seconds=1.0,
+            mlflow_run_id=None,
+            baseline_value=baseline,
+        )
+
+    assert result(0.62, 0.60).adopted(0.005) == (
+        {"dropout": 0.3},
+        "best trial 2: +2.00 points over the untuned baseline",
+    )
+    params, why = result(0.603, 0.60).adopted(0.005)
+    assert params == {} and "kept the recipe" in why and "+0.30 points" in why
+    assert result(0.60, None).adopted(0.005)[0] == {"dropout": 0.3}  # no baseline to compare with
+    assert result(None, None).adopted(0.005) == ({}, "no completed trial: the recipe as it is")
