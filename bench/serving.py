@@ -10,7 +10,9 @@ whatever the server would load: ``FERFLOW_MODEL`` / ``FERFLOW_MODEL_URI`` / the 
    next to the in-process time of ``EmotionRecognizer.analyze`` on the same photos;
 4. soak: ``--soak`` requests (default 20,000; 9 of 10 ``/classify``, 1 of 10 ``/predict``) at
    concurrency 64: errors must be 0 and the server's RSS (all its processes) may grow < 5 %
-   from the end of the warm-up to the end of the soak.
+   from the end of the warm-up to the end of the soak. ``--soak-rounds K`` repeats the soak on
+   the same server and reports each round's growth: a leak grows every round, a high-water
+   mark levels off.
 
     .venv/bin/python bench/serving.py                     # everything, ~3 min on 2 cores
     .venv/bin/python bench/serving.py --soak 2000 --json out.json
@@ -427,6 +429,12 @@ def main() -> None:
     ap.add_argument("--warm-up", type=int, default=2000, help="mixed requests at concurrency 64 first")
     ap.add_argument("--max-seconds", type=float, default=120, help="time limit of each phase")
     ap.add_argument("--soak-seconds", type=float, default=600, help="time limit of the soak")
+    ap.add_argument(
+        "--soak-rounds",
+        type=int,
+        default=1,
+        help="soaks in a row on the same server: whether RSS keeps growing or levels off",
+    )
     ap.add_argument("--fer-python", help="python of a venv with the `fer` package, for the comparison")
     ap.add_argument("--fer-mtcnn", action="store_true", help="also time fer with MTCNN (needs torch)")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -495,27 +503,36 @@ def main() -> None:
         print(f"offline analyze: {results['predict_offline_ms_per_image']} ms/image", flush=True)
 
         if args.soak:
-            rss_before = server.rss_bytes()
-            samples: list[tuple[int, int]] = [(0, rss_before)]
-            summary = measured(
-                server,
-                lambda: heavy(
-                    server.url,
-                    "soak",
-                    mix,
-                    args.soak,
-                    64,
-                    args.soak_seconds,
-                    on_progress=lambda n: samples.append((n, server.rss_bytes())),
-                ),
-            )
-            rss_after = server.rss_bytes()
-            summary["rss_mb_before"] = round(rss_before / 2**20, 1)
-            summary["rss_mb_after"] = round(rss_after / 2**20, 1)
-            summary["rss_growth_pct"] = round(100 * (rss_after - rss_before) / rss_before, 2)
-            summary["rss_mb_samples"] = [(n, round(b / 2**20, 1)) for n, b in samples]
-            results["soak"] = summary
-            print(json.dumps({k: v for k, v in summary.items() if k != "rss_mb_samples"}), flush=True)
+            rounds = []
+            rss_start = server.rss_bytes()
+            for r in range(args.soak_rounds):
+                rss_before = server.rss_bytes()
+                samples: list[tuple[int, int]] = [(0, rss_before)]
+                summary = measured(
+                    server,
+                    lambda samples=samples: heavy(
+                        server.url,
+                        "soak",
+                        mix,
+                        args.soak,
+                        64,
+                        args.soak_seconds,
+                        on_progress=lambda done, samples=samples: samples.append((done, server.rss_bytes())),
+                    ),
+                )
+                rss_after = server.rss_bytes()
+                summary["round"] = r + 1
+                summary["rss_mb_before"] = round(rss_before / 2**20, 1)
+                summary["rss_mb_after"] = round(rss_after / 2**20, 1)
+                summary["rss_growth_pct"] = round(100 * (rss_after - rss_before) / rss_before, 2)
+                since_first = 100 * (rss_after - rss_start) / rss_start
+                summary["rss_growth_since_first_round_pct"] = round(since_first, 2)
+                summary["rss_mb_samples"] = [(n, round(b / 2**20, 1)) for n, b in samples]
+                rounds.append(summary)
+                print(json.dumps({k: v for k, v in summary.items() if k != "rss_mb_samples"}), flush=True)
+            results["soak"] = rounds[0]
+            if len(rounds) > 1:
+                results["soak_rounds"] = rounds
     finally:
         server.stop()
 
@@ -529,7 +546,7 @@ def main() -> None:
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k not in ("soak",)}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("soak", "soak_rounds")}, indent=2))
 
 
 if __name__ == "__main__":
