@@ -341,6 +341,10 @@ def tune_cmd(
     ] = PATHS.canonical,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the study.")] = "ferflow-tune",
     track: Annotated[bool, typer.Option(help="study and trials as MLflow runs.")] = True,
+    baseline: Annotated[
+        bool,
+        typer.Option(help="a new study's first trial is the untuned recipe; the summary reports the gain."),
+    ] = True,
     report: Annotated[
         Path | None, typer.Option(help="also write best_params.json, trials.csv and plots here.")
     ] = None,
@@ -366,6 +370,7 @@ def tune_cmd(
         base=dataclasses.replace(base, model=model),
         experiment=experiment,
         track=track,
+        baseline=baseline,
     )
     from ferflow.canonical import open_dataset
     from ferflow.tune import TuneError, finalize_study, run_study
