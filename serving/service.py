@@ -42,10 +42,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig
+from serving import bentoml_fixes
 from serving.batching import MicroBatcher, Overloaded
 from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, image_parts, parse_multipart, read_body
 
 STARTED = time.monotonic()
+bentoml_fixes.apply()  # per-request timers that outlived their requests (see the module)
 logger = logging.getLogger("bentoml.ferflow")  # a child of BentoML's configured logger
 
 CONFIG = ServingConfig.from_env()
