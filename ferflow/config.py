@@ -270,7 +270,7 @@ class Runtime(StrEnum):
 
     AUTO = "auto"  # OpenVINO when it agrees with ONNX Runtime on a probe batch, else ONNX Runtime
     ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"  # 2.5-3x ONNX Runtime on the int8 reference model here (docs/benchmarks.md)
+    OPENVINO = "openvino"  # about 2.2x ONNX Runtime on the int8 reference model here (docs/benchmarks.md)
 
 
 RUNTIME_ENV = "FERFLOW_RUNTIME"
@@ -420,8 +420,8 @@ PROFILES: dict[str, PipelineProfile] = {
     # The README's main command: full data, a tuning study on a 4,000-image subset (4 trials of
     # 5 epochs, the first the untuned recipe), the full reference-recipe training (with the tuned
     # values only if they beat the recipe by TuneConfig.min_gain), evaluation, gate, promotion.
-    # Times on 2 Xeon cores: tuning about 12 min (two rounds of two 6-min trials, one per core),
-    # training 111.5 min (the reference run, docs/benchmarks.md); the GPU figure is an estimate.
+    # Measured end to end on 2 Xeon cores (make run, docs/benchmarks.md): 109 min, of which
+    # tuning 9 min and training 98 min; the GPU figure is an estimate.
     "default": PipelineProfile(
         name="default",
         trials=4,
@@ -430,7 +430,7 @@ PROFILES: dict[str, PipelineProfile] = {
         tune_workers=2,
         min_accuracy=0.80,
         min_macro_f1=0.55,
-        expected_minutes_cpu2=125.0,
+        expected_minutes_cpu2=109.0,
         expected_minutes_gpu=20.0,
     ),
 }

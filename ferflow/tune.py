@@ -55,6 +55,7 @@ TUNED_PARAMS: tuple[str, ...] = (
 """Names of the searched hyper-parameters (Optuna parameter names = TrainConfig/AugmentConfig fields)."""
 
 _AUGMENT_PARAMS = ("erase_prob", "rotation_deg")
+_CATEGORICAL_PARAMS = ("width", "label_scheme", "batch_size")
 PARENT_RUN_ATTR = "mlflow_run_id"
 BASELINE_ATTR = "baseline"  # trial user attribute: this trial ran the untuned base recipe
 
@@ -168,28 +169,20 @@ def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 
 def baseline_params(cfg: TuneConfig) -> dict[str, Any]:
     """The base recipe's own values of the tuned hyper-parameters, where the space allows them."""
-    b, s = cfg.base, cfg.space
-    values: dict[str, Any] = {
-        "learning_rate": b.learning_rate,
-        "weight_decay": b.weight_decay,
-        "width": b.width,
-        "dropout": b.dropout,
-        "erase_prob": b.augment.erase_prob,
-        "rotation_deg": b.augment.rotation_deg,
-        "label_scheme": LabelScheme(b.label_scheme).value,
-        "rb_margin": b.rb_margin,
-        "batch_size": b.batch_size,
-    }
-    out = {}
-    for name, value in values.items():
-        allowed = getattr(s, name)
-        if name in ("width", "batch_size", "label_scheme"):
-            ok = value in [LabelScheme(x).value if name == "label_scheme" else x for x in allowed]
-        else:
-            ok = allowed[0] <= value <= allowed[1]
-        if ok:
-            out[name] = value
+    out: dict[str, Any] = {}
+    for name in TUNED_PARAMS:
+        value = getattr(cfg.base.augment if name in _AUGMENT_PARAMS else cfg.base, name)
+        allowed = getattr(cfg.space, name)
+        # choices are a list (LabelScheme is a StrEnum, equal to its value); ranges (low, high)
+        categorical = name in _CATEGORICAL_PARAMS
+        if value in allowed if categorical else allowed[0] <= value <= allowed[1]:
+            out[name] = LabelScheme(value).value if name == "label_scheme" else value
     return out
+
+
+def baseline_value(complete_trials: Sequence[Any]) -> float | None:
+    """The value of the study's untuned baseline trial among ``complete_trials``, if any."""
+    return next((t.value for t in complete_trials if t.user_attrs.get(BASELINE_ATTR)), None)
 
 
 def trial_config(cfg: TuneConfig, params: dict[str, Any]) -> TrainConfig:
@@ -654,7 +647,6 @@ def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneRe
         states[t.state.name] = states.get(t.state.name, 0) + 1
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if complete else None
-    baseline = [t for t in complete if t.user_attrs.get(BASELINE_ATTR)]
     result = TuneResult(
         study_name=cfg.study,
         storage=redact(cfg.storage_url),
@@ -665,7 +657,7 @@ def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneRe
         best_trial=best.number if best else None,
         seconds=0.0,
         mlflow_run_id=study.user_attrs.get(PARENT_RUN_ATTR) if cfg.track else None,
-        baseline_value=baseline[0].value if baseline else None,
+        baseline_value=baseline_value(complete),
     )
     with tempfile.TemporaryDirectory(prefix="ferflow-study-") as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
@@ -712,7 +704,7 @@ def write_study_report(study, out: Path) -> dict[str, Path]:
         "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
         "best_params": best.params if best else {},
-        "baseline_value": next((t.value for t in complete if t.user_attrs.get(BASELINE_ATTR)), None),
+        "baseline_value": baseline_value(complete),
         "states": {
             s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState
         },
