@@ -50,7 +50,7 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
     base = TrainConfig(
         model=args.model,
         depths=tuple(int(d) for d in args.depths.split(",")),
-        warmup_epochs=0,
+        warmup_epochs=args.lr_warmup,
         precision=Precision(args.precision),
         early_stopping_patience=0,
         quantize_int8=False,
@@ -77,17 +77,33 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
 
 
 def run(cfg, dataset: Path, pin: bool) -> dict:
+    import optuna
+
     from ferflow.tune import run_study
 
     t0 = time.perf_counter()
     result = run_study(cfg, dataset, pin=pin)
     seconds = time.perf_counter() - t0
+    study = optuna.load_study(study_name=cfg.study, storage=cfg.storage)
+    per_trial = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "epochs_run": t.user_attrs.get("epochs_run"),
+            "seconds": t.user_attrs.get("seconds"),
+            "curve": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
+            "params": t.params,
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
     return {
         "seconds": round(seconds, 1),
         "trials": result.n_trials,
         "states": result.states,
         "best_value": result.best_value,
         "best_params": result.best_params,
+        "per_trial": per_trial,
     }
 
 
@@ -132,9 +148,12 @@ def main() -> None:
     ap.add_argument("--depths", default="1,1,1,1")
     ap.add_argument("--model", default="ran_fm", help="ran_fm, ran, resnet or cnn")
     ap.add_argument("--precision", default="float32")
-    ap.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    ap.add_argument("--pruner", default="median", choices=["median", "hyperband", "asha", "none"])
     ap.add_argument("--startup", type=int, default=4, help="random trials before TPE and pruning")
     ap.add_argument("--warmup", type=int, default=1, help="median pruner: epochs never pruned")
+    ap.add_argument(
+        "--lr-warmup", type=float, default=1.0, help="learning-rate warm-up epochs (the recipe's: 1)"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--storage", default="", help="scaling: an existing RDB URL instead of a fresh server")
     ap.add_argument("--seed", type=int, default=42)

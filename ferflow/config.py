@@ -479,6 +479,9 @@ def default_optuna_storage(root: Path | None = None) -> str:
 class PrunerName(StrEnum):
     MEDIAN = "median"  # prune when the epoch's tuning accuracy is below the median of earlier trials
     HYPERBAND = "hyperband"  # successive halving over epochs, several brackets
+    # asynchronous successive halving (one Hyperband bracket): a trial goes on past epochs
+    # 1, 3, 9, ... only while it is in the top third of the trials scored at that epoch
+    ASHA = "asha"
     NONE = "none"
 
 

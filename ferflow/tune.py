@@ -111,14 +111,17 @@ def make_pruner(cfg: TuneConfig):
     import optuna
 
     name = PrunerName(cfg.pruner)
+    # a trial reports step = epochs completed (1, 2, ...): the resource Hyperband/ASHA count
     if name is PrunerName.MEDIAN:
         return optuna.pruners.MedianPruner(
-            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
+            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs + 1
         )
     if name is PrunerName.HYPERBAND:
         return optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=max(1, cfg.epochs), reduction_factor=3
         )
+    if name is PrunerName.ASHA:
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -311,8 +314,9 @@ def _pruning_callback_class():
             if value is None:
                 raise KeyError(f"no {self.monitor!r} in the epoch logs {sorted(logs)}")
             self.values.append(value)
-            self.trial.report(value, epoch)
-            if self.trial.should_prune():
+            self.trial.report(value, epoch + 1)  # step = epochs completed (the resource used)
+            last = epoch + 1 >= int((self.params or {}).get("epochs") or 0)
+            if not last and self.trial.should_prune():  # after the last epoch nothing is saved
                 self.pruned_at = epoch
                 self.model.stop_training = True
 

@@ -103,7 +103,7 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
     assert len(good1.intermediate_values) == cfg.epochs
     assert bad.state == State.PRUNED, (bad.intermediate_values, good1.intermediate_values)
     assert bad.user_attrs["epochs_run"] < cfg.epochs  # training stopped when the pruner said so
-    assert max(bad.intermediate_values) == bad.user_attrs["epochs_run"] - 1
+    assert max(bad.intermediate_values) == bad.user_attrs["epochs_run"]  # steps = epochs done
 
     runs = nested_runs(mlflow_sqlite, parent)
     assert sorted(runs) == [0, 1, 2]
@@ -292,3 +292,50 @@ def test_pipeline_adopts_tuned_values_only_above_the_minimum_gain() -> None:
     assert params == {} and "kept the recipe" in why and "+0.30 points" in why
     assert result(0.60, None).adopted(0.005)[0] == {"dropout": 0.3}  # no baseline to compare with
     assert result(None, None).adopted(0.005) == ({}, "no completed trial: the recipe as it is")
+
+
+class _AlwaysPrune:
+    """A stand-in Optuna trial whose pruner always says stop."""
+
+    def __init__(self) -> None:
+        self.reported: list[tuple[float, int]] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.reported.append((value, step))
+
+    def should_prune(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("epochs", "pruned_at"),
+    [(3, 0), (1, None)],  # a trial's last epoch is never pruned: stopping there saves nothing
+)
+def test_pruning_callback_reports_epochs_done_and_never_prunes_the_last_epoch(epochs, pruned_at) -> None:
+    import keras
+
+    from ferflow.tune import _pruning_callback_class
+
+    trial = _AlwaysPrune()
+    report = _pruning_callback_class()(trial)
+    report.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    report.set_params({"epochs": epochs, "steps": 1, "verbose": 0})
+    report.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.4})
+    assert trial.reported == [(0.4, 1)]  # step = epochs completed, the resource pruners count
+    assert report.pruned_at == pruned_at
+    assert report.model.stop_training is (pruned_at is not None)
+
+
+def test_make_pruner_builds_each_named_pruner() -> None:
+    from ferflow.tune import make_pruner
+
+    def pruner(name: str, **kw):
+        return make_pruner(TuneConfig(pruner=PrunerName(name), epochs=9, **kw))
+
+    assert isinstance(pruner("asha"), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(pruner("hyperband"), optuna.pruners.HyperbandPruner)
+    assert isinstance(pruner("none"), optuna.pruners.NopPruner)
+    median = pruner("median", warmup_epochs=2)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    # steps are epochs completed: 2 warm-up epochs means step 3 is the first one it may prune
+    assert median._n_warmup_steps == 3
