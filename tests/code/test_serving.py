@@ -273,6 +273,11 @@ def test_serving_config_from_env() -> None:
     assert "s3cr3t" not in repr(cfg)  # the key never reaches logs through the config's repr
     with pytest.raises(ValueError, match="FERFLOW_MAX_UPLOAD_BYTES"):
         ServingConfig.from_env({"FERFLOW_MAX_UPLOAD_BYTES": "ten"})
+    assert cfg.tracing is False  # spans cost event-loop time; on only when asked for
+    assert ServingConfig.from_env({"FERFLOW_TRACING": "on"}).tracing is True
+    assert ServingConfig.from_env({"FERFLOW_TRACING": "0"}).tracing is False
+    with pytest.raises(ValueError, match="FERFLOW_TRACING"):
+        ServingConfig.from_env({"FERFLOW_TRACING": "maybe"})
 
 
 def test_serve_cli_fails_fast_on_missing_model(tmp_path: Path) -> None:
