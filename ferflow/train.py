@@ -591,6 +591,7 @@ def train(
             validation_data=tune_ds,
             callbacks=cbs,
             verbose=verbose,
+            shuffle=False,  # train_ds shuffles itself (seeded); Keras would warn and ignore it
         )
     except BaseException:
         if track:

@@ -23,7 +23,6 @@ pytestmark = [
     pytest.mark.data,
     # enqueued out-of-range values are deliberate (a diverging learning rate, an invalid dropout)
     pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning"),
-    pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
