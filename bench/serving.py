@@ -439,6 +439,13 @@ def main() -> None:
     ap.add_argument("--fer-mtcnn", action="store_true", help="also time fer with MTCNN (needs torch)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the server, repeatable (e.g. FERFLOW_TTA=none, FERFLOW_TRACING=1)",
+    )
+    ap.add_argument(
         "--client",
         choices=("auto", "wrk", "httpx"),
         default="auto",
@@ -446,6 +453,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     import shutil
+
+    server_env = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            ap.error(f"--server-env {item!r}: expected NAME=VALUE")
+        server_env[name] = value
 
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
     heavy = _wrk if use_wrk else load
@@ -455,14 +469,15 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "command": "bench/serving.py " + " ".join(sys.argv[1:]),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "server_env": server_env,
     }
     ready, ready_cpu = [], []
     for _ in range(max(0, args.starts - 1)):
-        s = start_server()
+        s = start_server(env=server_env)
         ready.append(s.ready_s)
         ready_cpu.append(s.ready_cpu_s)
         s.stop()
-    server = start_server()
+    server = start_server(env=server_env)
     ready.append(server.ready_s)
     ready_cpu.append(server.ready_cpu_s)
     results["ready_s"] = {"median": round(statistics.median(ready), 2), "all": [round(r, 2) for r in ready]}
