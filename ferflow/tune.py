@@ -315,7 +315,8 @@ def _pruning_callback_class():
                 raise KeyError(f"no {self.monitor!r} in the epoch logs {sorted(logs)}")
             self.values.append(value)
             self.trial.report(value, epoch + 1)  # step = epochs completed (the resource used)
-            last = epoch + 1 >= int((self.params or {}).get("epochs") or 0)
+            epochs = (self.params or {}).get("epochs")  # set by fit; unknown: never "last"
+            last = epochs is not None and epoch + 1 >= epochs
             if not last and self.trial.should_prune():  # after the last epoch nothing is saved
                 self.pruned_at = epoch
                 self.model.stop_training = True
@@ -701,7 +702,8 @@ def write_study_report(study, out: Path) -> dict[str, Path]:
     from optuna.visualization import matplotlib as vis
 
     files: dict[str, Path] = {}
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False)  # one read: the storage may be a remote database
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if complete else None
     summary = {
         "study": study.study_name,
@@ -709,9 +711,7 @@ def write_study_report(study, out: Path) -> dict[str, Path]:
         "best_value": best.value if best else None,
         "best_params": best.params if best else {},
         "baseline_value": baseline_value(complete),
-        "states": {
-            s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState
-        },
+        "states": {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState},
     }
     files["best_params"] = out / "best_params.json"
     files["best_params"].write_text(json.dumps(summary, indent=2))
