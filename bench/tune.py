@@ -69,6 +69,7 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
         pruner=pruner,
         startup_trials=args.startup,
         warmup_epochs=args.warmup,
+        reduction_factor=args.reduction_factor,
         seed=args.seed,
         base=base,
         space=space,
@@ -150,7 +151,8 @@ def main() -> None:
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--pruner", default="median", choices=["median", "hyperband", "asha", "none"])
     ap.add_argument("--startup", type=int, default=4, help="random trials before TPE and pruning")
-    ap.add_argument("--warmup", type=int, default=1, help="median pruner: epochs never pruned")
+    ap.add_argument("--warmup", type=int, default=1, help="epochs no pruner judges (first decision: +1)")
+    ap.add_argument("--reduction-factor", type=int, default=3, help="asha/hyperband: 1 in f goes on")
     ap.add_argument(
         "--lr-warmup", type=float, default=1.0, help="learning-rate warm-up epochs (the recipe's: 1)"
     )

@@ -335,6 +335,13 @@ def tune_cmd(
     epochs: Annotated[int, typer.Option(help="epochs per trial (the pruner's steps).")] = 10,
     steps_per_epoch: Annotated[int, typer.Option(help="0 = one pass over the training images.")] = 0,
     startup_trials: Annotated[int, typer.Option(help="random trials before TPE and pruning.")] = 5,
+    warmup_epochs: Annotated[
+        int,
+        typer.Option(help="epochs no pruner judges; the first decision follows epoch warmup + 1."),
+    ] = 1,
+    reduction_factor: Annotated[
+        int, typer.Option(help="asha/hyperband: 1 trial in this many goes on past each rung.")
+    ] = 3,
     model: Annotated[str, typer.Option(help="ran, ran_fm, resnet or cnn.")] = "ran_fm",
     dataset: Annotated[
         Path, typer.Option(help="canonical dataset folder (Train only is read).")
@@ -366,6 +373,8 @@ def tune_cmd(
         steps_per_epoch=steps_per_epoch,
         pruner=pruner,
         startup_trials=startup_trials,
+        warmup_epochs=warmup_epochs,
+        reduction_factor=reduction_factor,
         seed=seed,
         base=dataclasses.replace(base, model=model),
         experiment=experiment,

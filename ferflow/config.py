@@ -480,7 +480,8 @@ class PrunerName(StrEnum):
     MEDIAN = "median"  # prune when the epoch's tuning accuracy is below the median of earlier trials
     HYPERBAND = "hyperband"  # successive halving over epochs, several brackets
     # asynchronous successive halving (one Hyperband bracket): a trial goes on past epochs
-    # 1, 3, 9, ... only while it is in the top third of the trials scored at that epoch
+    # r, fr, f²r, ... (r = warmup_epochs + 1, f = reduction_factor) only while it is in the top
+    # 1/f of the trials scored at that epoch
     ASHA = "asha"
     NONE = "none"
 
@@ -528,7 +529,11 @@ class TuneConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the (subset) training images
     pruner: PrunerName = PrunerName.MEDIAN
     startup_trials: int = 5  # random trials before TPE models the space; the pruner waits as long
-    warmup_epochs: int = 1  # the median pruner never prunes in a trial's first epochs
+    # epochs no pruner judges: the first decision follows epoch warmup_epochs + 1 (median: the
+    # first step it compares; ASHA/Hyperband: the first rung, then x reduction_factor per rung)
+    warmup_epochs: int = 1
+    # ASHA/Hyperband: 1 in reduction_factor trials goes on past each rung
+    reduction_factor: int = 3
     seed: int = 42
     space: TuneSpace = field(default_factory=TuneSpace)
     base: TrainConfig = field(default_factory=lambda: TrainConfig(early_stopping_patience=0))

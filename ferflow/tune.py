@@ -111,17 +111,18 @@ def make_pruner(cfg: TuneConfig):
     import optuna
 
     name = PrunerName(cfg.pruner)
-    # a trial reports step = epochs completed (1, 2, ...): the resource Hyperband/ASHA count
+    # A trial reports step = epochs completed (1, 2, ...): the resource Hyperband/ASHA count.
+    # No pruner judges a trial before it has completed warmup_epochs + 1 epochs: early on, the
+    # high-learning-rate trials that end best sit below the majority-class rate (docs/training.md).
+    first, factor = cfg.warmup_epochs + 1, cfg.reduction_factor
     if name is PrunerName.MEDIAN:
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs + 1
-        )
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=first)
     if name is PrunerName.HYPERBAND:
         return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max(1, cfg.epochs), reduction_factor=3
+            min_resource=first, max_resource=max(first, cfg.epochs), reduction_factor=factor
         )
     if name is PrunerName.ASHA:
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=factor)
     return optuna.pruners.NopPruner()
 
 

@@ -325,6 +325,29 @@ def test_pruning_callback_reports_epochs_done_and_never_prunes_the_last_epoch(ep
     assert getattr(report.model, "stop_training", False) is (pruned_at is not None)
 
 
+def test_asha_judges_first_after_the_warm_up_epochs() -> None:
+    """A collapsed trial (the high-lr dip) survives warmup_epochs + 1 epochs, then is pruned."""
+    from ferflow.tune import make_pruner
+
+    cfg = TuneConfig(pruner=PrunerName.ASHA, epochs=9, warmup_epochs=2)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+
+    def run(curve: list[float]) -> int | None:
+        """Report ``curve``; the epoch the pruner stops it at, or None if it completes."""
+        trial = study.ask()
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, max(curve))
+        return None
+
+    for top in (0.60, 0.62, 0.64, 0.66):
+        assert run([top - 0.1 * (9 - e) / 9 for e in range(1, 10)]) is None
+    assert run([0.10] * 9) == 3
+
+
 def test_make_pruner_builds_each_named_pruner() -> None:
     from ferflow.tune import make_pruner
 
