@@ -163,12 +163,14 @@ class FerClassifier:
         """Class probabilities ``(N, C)`` for uint8 grayscale faces ``(N, 48, 48)``."""
         return softmax(self.logits(to_model_input(faces), batch_size))
 
-    def warm_up(self, max_batch: int) -> None:
-        """Run every batch size up to ``max_batch`` once (OpenVINO: on each of its threads)."""
+    def warm_up(self, max_faces: int) -> None:
+        """Run every batch size a call of up to ``max_faces`` faces uses once (with the hflip TTA
+        that is twice as many rows; OpenVINO: every padded size, on each of its threads)."""
+        rows = max_faces * (2 if self.tta is TestTimeAugmentation.HFLIP else 1)
         if self.runtime is Runtime.OPENVINO:
-            self._engine.warm_up(max_batch)
+            self._engine.warm_up(rows)
         else:
-            self._infer(np.zeros((max_batch, 48, 48, 1), np.float32))
+            self._infer(np.zeros((rows, 48, 48, 1), np.float32))
 
     def predict(self, faces: np.ndarray) -> list[str]:
         return [self.classes[i] for i in self.predict_proba(faces).argmax(axis=1)]
@@ -179,7 +181,7 @@ class _OpenVINO:
     CPUs would move logits away from the Keras model).
 
     Memory stays flat under a server's load because of two choices: batches are padded to a
-    power of two (:func:`_bucket`), and every inference runs on one of ``CALLERS`` threads owned
+    few sizes (:func:`_bucket`), and every inference runs on one of ``CALLERS`` threads owned
     here, each with its own infer request. OpenVINO keeps per-calling-thread state, so a server
     whose thread pool rotates its threads would otherwise grow without end; and more concurrent
     inferences than this gain nothing on the same cores.
@@ -206,18 +208,15 @@ class _OpenVINO:
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._callers.submit(self._infer, x).result()
 
-    def warm_up(self, max_batch: int) -> None:
-        """Every bucket up to ``max_batch`` on every caller thread (each keeps its own buffers)."""
+    def warm_up(self, max_rows: int) -> None:
+        """Every padded size up to ``max_rows`` on every caller thread (each keeps its own buffers)."""
         together = threading.Barrier(self.CALLERS)  # holds each task on a thread of its own
+        sizes = buckets_up_to(max_rows)
 
         def warm() -> None:
             together.wait(timeout=60)
-            size = 1
-            while True:
+            for size in sizes:
                 self._infer(np.zeros((size, 48, 48, 1), np.float32))
-                if size >= max_batch:
-                    break
-                size *= 2
 
         for task in [self._callers.submit(warm) for _ in range(self.CALLERS)]:
             task.result()
@@ -237,7 +236,17 @@ class _OpenVINO:
 
 
 def _bucket(n: int) -> int:
-    """The batch size a call of ``n`` rows runs at: the next power of two. OpenVINO keeps
-    shape-specific kernels and buffers for every batch size it has seen (about 10 MB each for
-    the reference model: 64 sizes took 650 MB), so calls are padded to a few sizes instead."""
-    return 1 << max(0, n - 1).bit_length()
+    """The batch size a call of ``n`` rows runs at: the next of 1, 2, 3, 4, 6, 8, 12, 16, 24, …
+    (powers of two and the halfway points 3·2^k), so padding wastes at most a third of a call.
+    OpenVINO keeps shape-specific kernels and buffers for every batch size it has seen (about
+    10 MB each for the reference model: 64 sizes took 650 MB), so calls are padded to a few sizes
+    instead of running at their own."""
+    if n <= 2:
+        return max(1, n)
+    below = 1 << (n - 1).bit_length() - 1  # the largest power of two under n
+    return below * 3 // 2 if n <= below * 3 // 2 else below * 2
+
+
+def buckets_up_to(rows: int) -> list[int]:
+    """Every batch size :func:`_bucket` gives for calls of 1 to ``rows`` rows."""
+    return sorted({_bucket(n) for n in range(1, max(1, rows) + 1)})

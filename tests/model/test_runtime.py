@@ -12,7 +12,7 @@ import pytest
 
 from ferflow.canonical import open_dataset
 from ferflow.config import Runtime
-from ferflow.predict import REFERENCE_MODEL, FerClassifier, _bucket
+from ferflow.predict import REFERENCE_MODEL, FerClassifier, _bucket, buckets_up_to
 
 pytestmark = pytest.mark.data
 
@@ -70,7 +70,10 @@ def test_runtime_names_are_checked(monkeypatch):
 
 
 def test_batches_are_padded_to_a_few_sizes():
-    assert [_bucket(n) for n in (1, 2, 3, 5, 33, 64, 65, 256)] == [1, 2, 4, 8, 64, 64, 128, 256]
+    sizes = (1, 2, 3, 4, 5, 7, 9, 13, 33, 48, 49, 64, 65, 97, 128)
+    assert [_bucket(n) for n in sizes] == [1, 2, 3, 4, 6, 8, 12, 16, 48, 48, 64, 64, 96, 128, 128]
+    assert all(n <= _bucket(n) <= max(2, n * 3 // 2) for n in range(1, 600))  # ≤ a third padding
+    assert buckets_up_to(128) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 
 
 def test_int8_export_keeps_region_attention_in_float():
