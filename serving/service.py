@@ -217,6 +217,8 @@ class FERService:
         # request garbage instead of the whole heap (p99 at concurrency 32: 137 → 67 ms).
         gc.collect()
         gc.freeze()
+        global _instance
+        _instance = self
         self.ready = True
         logger.info(
             "ferflow: serving %s %s (%s, classes %s) in %.2f s; warm-up done %.2f s after process start; "
@@ -245,70 +247,90 @@ class FERService:
         except InferenceError as exc:
             raise bentoml.exceptions.InvalidArgument(exc.message) from None
 
-    # --- HTTP routes (FastAPI, mounted on the BentoML app; `self` is the service instance) ---
 
-    @http.post("/predict", openapi_extra=_upload_body(1), tags=["Inference"])
-    async def predict(self, request: Request) -> JSONResponse:
-        """Every face in one photo with its per-class emotion scores."""
-        ((name, data),) = await _images(request, 1)
-        out = await _run(self.recognizer.analyze, data, name)
-        FACES.observe(len(out["faces"]))
-        return JSONResponse(out)
+# --- HTTP routes (FastAPI, mounted on the BentoML app) ---------------------------------------
+# Plain functions, not methods of FERService: BentoML hands a method its `self` through a
+# synchronous FastAPI dependency, which FastAPI runs on a worker thread, one thread round trip
+# per request before the handler starts (docs/benchmarks.md).
 
-    @http.post("/predict_batch", openapi_extra=_upload_body(CONFIG.max_batch_images), tags=["Inference"])
-    async def predict_batch(self, request: Request) -> JSONResponse:
-        """Several photos at once (the field ``image`` repeated); results in upload order."""
-        images = await _images(request, CONFIG.max_batch_images)
+_instance: FERService | None = None
 
-        def analyze_all() -> list[dict[str, Any]]:
-            results = []
-            for i, (name, data) in enumerate(images):
-                try:
-                    out = self.recognizer.analyze(data, name=f"image[{i}] {name}")
-                except InferenceError as exc:  # the whole request fails, naming the image at fault
-                    raise type(exc)(exc.message, exc.status_code) from None
-                results.append({"faces": out["faces"]})
-            return results
 
-        results = await _run(analyze_all)
-        for r in results:
-            FACES.observe(len(r["faces"]))
-        return JSONResponse({"results": results, "model": self.recognizer.model})
+def _service() -> FERService:
+    """The worker's service instance (routes are only reachable once it exists)."""
+    if _instance is None:
+        raise RuntimeError("the ferflow service is not initialised in this worker")
+    return _instance
 
-    @http.post("/classify", openapi_extra=_upload_body(1), tags=["Inference"])
-    async def classify(self, request: Request) -> JSONResponse:
-        """One pre-cropped face (any size; converted to 48x48 gray) → scores and label."""
-        ((name, data),) = await _images(request, 1)
-        face = await _run(self.recognizer.face_crop, data, name)
-        try:
-            probs = await self.batcher.submit(face)
-        except Overloaded:
-            return error_response(503, "server overloaded: retry the request later", "ServiceUnavailable")
-        return JSONResponse({**self.recognizer.result(probs), "model": self.recognizer.model})
 
-    @http.get("/model", tags=["Inference"])
-    async def model(self) -> JSONResponse:
-        """The served model and the request limits."""
-        rec = self.recognizer
-        limits = CONFIG.limits
-        return JSONResponse(
-            {
-                **rec.model,
-                "classes": rec.classes,
-                "detector": str(CONFIG.face.detector),
-                "limits": {
-                    "max_upload_bytes": limits.max_upload_bytes,
-                    "max_pixels": limits.max_pixels,
-                    "min_side": limits.min_side,
-                    "max_batch_images": CONFIG.max_batch_images,
-                },
-                "auth": bool(CONFIG.api_key),
-            }
-        )
+@http.post("/predict", openapi_extra=_upload_body(1), tags=["Inference"])
+async def predict(request: Request) -> JSONResponse:
+    """Every face in one photo with its per-class emotion scores."""
+    ((name, data),) = await _images(request, 1)
+    out = await _run(_service().recognizer.analyze, data, name)
+    FACES.observe(len(out["faces"]))
+    return JSONResponse(out)
 
-    @http.get("/demo", include_in_schema=False)
-    async def demo(self) -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+@http.post("/predict_batch", openapi_extra=_upload_body(CONFIG.max_batch_images), tags=["Inference"])
+async def predict_batch(request: Request) -> JSONResponse:
+    """Several photos at once (the field ``image`` repeated); results in upload order."""
+    rec = _service().recognizer
+    images = await _images(request, CONFIG.max_batch_images)
+
+    def analyze_all() -> list[dict[str, Any]]:
+        results = []
+        for i, (name, data) in enumerate(images):
+            try:
+                out = rec.analyze(data, name=f"image[{i}] {name}")
+            except InferenceError as exc:  # the whole request fails, naming the image at fault
+                raise type(exc)(exc.message, exc.status_code) from None
+            results.append({"faces": out["faces"]})
+        return results
+
+    results = await _run(analyze_all)
+    for r in results:
+        FACES.observe(len(r["faces"]))
+    return JSONResponse({"results": results, "model": rec.model})
+
+
+@http.post("/classify", openapi_extra=_upload_body(1), tags=["Inference"])
+async def classify(request: Request) -> JSONResponse:
+    """One pre-cropped face (any size; converted to 48x48 gray) → scores and label."""
+    svc = _service()
+    ((name, data),) = await _images(request, 1)
+    face = await _run(svc.recognizer.face_crop, data, name)
+    try:
+        probs = await svc.batcher.submit(face)
+    except Overloaded:
+        return error_response(503, "server overloaded: retry the request later", "ServiceUnavailable")
+    return JSONResponse({**svc.recognizer.result(probs), "model": svc.recognizer.model})
+
+
+@http.get("/model", tags=["Inference"])
+async def model() -> JSONResponse:
+    """The served model and the request limits."""
+    rec = _service().recognizer
+    limits = CONFIG.limits
+    return JSONResponse(
+        {
+            **rec.model,
+            "classes": rec.classes,
+            "detector": str(CONFIG.face.detector),
+            "limits": {
+                "max_upload_bytes": limits.max_upload_bytes,
+                "max_pixels": limits.max_pixels,
+                "min_side": limits.min_side,
+                "max_batch_images": CONFIG.max_batch_images,
+            },
+            "auth": bool(CONFIG.api_key),
+        }
+    )
+
+
+@http.get("/demo", include_in_schema=False)
+async def demo() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
 _cpu_slots: anyio.CapacityLimiter | None = None
