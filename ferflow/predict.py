@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -204,22 +204,31 @@ class _OpenVINO:
         )
         self._local = threading.local()
         self._callers = ThreadPoolExecutor(self.CALLERS, thread_name_prefix="ferflow-openvino")
+        self.warming: Future[list[np.ndarray]] | None = None  # the background part of warm_up
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._callers.submit(self._infer, x).result()
 
     def warm_up(self, max_rows: int) -> None:
-        """Every padded size up to ``max_rows`` on every caller thread (each keeps its own buffers)."""
+        """Every padded size up to ``max_rows``: the powers of two now, on every caller thread
+        (each keeps its own buffers); the sizes between them in the background, where their
+        kernels compile while the caller already serves (the start-up stays as short as with
+        power-of-two padding alone)."""
         together = threading.Barrier(self.CALLERS)  # holds each task on a thread of its own
         sizes = buckets_up_to(max_rows)
+        now = [s for s in sizes if s & (s - 1) == 0]
+        later = [s for s in sizes if s not in now]
 
         def warm() -> None:
             together.wait(timeout=60)
-            for size in sizes:
+            for size in now:
                 self._infer(np.zeros((size, 48, 48, 1), np.float32))
 
         for task in [self._callers.submit(warm) for _ in range(self.CALLERS)]:
             task.result()
+        self.warming = self._callers.submit(
+            lambda: [self._infer(np.zeros((size, 48, 48, 1), np.float32)) for size in later]
+        )
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)

@@ -41,6 +41,19 @@ def test_openvino_agrees_with_onnxruntime_batched_on_real_faces(valid_faces):
     assert abs(acc_ort - acc_ov) <= 0.02
 
 
+def test_openvino_warm_up_covers_every_padded_size_and_keeps_rows_apart(valid_faces):
+    pytest.importorskip("openvino")
+    pixels, _ = valid_faces
+    ov = FerClassifier(REFERENCE_MODEL, runtime="openvino", tta="hflip")
+    ov.warm_up(5)  # 5 faces with the mirror images: 10 rows, padded sizes 1, 2, 3, 4, 6, 8, 12
+    warmed = ov._engine.warming.result(timeout=120)  # the sizes between powers of two
+    assert [len(out) for out in warmed] == [3, 6, 12]
+    # 5 faces run as 10 rows padded to 12: each face scores as it does alone
+    together = ov.predict_proba(pixels[:5])
+    alone = np.concatenate([ov.predict_proba(pixels[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
 def test_auto_falls_back_to_onnxruntime_when_openvino_disagrees(monkeypatch, valid_faces):
     pytest.importorskip("openvino")
     from ferflow import predict
