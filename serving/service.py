@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
+from _bentoml_sdk.service import get_current_service
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -217,8 +218,6 @@ class FERService:
         # request garbage instead of the whole heap (p99 at concurrency 32: 137 → 67 ms).
         gc.collect()
         gc.freeze()
-        global _instance
-        _instance = self
         self.ready = True
         logger.info(
             "ferflow: serving %s %s (%s, classes %s) in %.2f s; warm-up done %.2f s after process start; "
@@ -250,17 +249,14 @@ class FERService:
 
 # --- HTTP routes (FastAPI, mounted on the BentoML app) ---------------------------------------
 # Plain functions, not methods of FERService: BentoML hands a method its `self` through a
-# synchronous FastAPI dependency, which FastAPI runs on a worker thread, one thread round trip
-# per request before the handler starts (docs/benchmarks.md).
-
-_instance: FERService | None = None
+# synchronous FastAPI dependency (get_current_service), which FastAPI runs on a worker thread,
+# one thread round trip per request before the handler starts (docs/benchmarks.md). Called
+# directly, the same function is a global read.
 
 
 def _service() -> FERService:
-    """The worker's service instance (routes are only reachable once it exists)."""
-    if _instance is None:
-        raise RuntimeError("the ferflow service is not initialised in this worker")
-    return _instance
+    """The worker's service instance, as BentoML registered it before serving requests."""
+    return get_current_service()
 
 
 @http.post("/predict", openapi_extra=_upload_body(1), tags=["Inference"])
