@@ -12,7 +12,7 @@ import pytest
 
 from ferflow.canonical import open_dataset
 from ferflow.config import Runtime
-from ferflow.predict import REFERENCE_MODEL, FerClassifier, _bucket, buckets_up_to
+from ferflow.predict import REFERENCE_MODEL, FerClassifier, _bucket, _OpenVINO
 
 pytestmark = pytest.mark.data
 
@@ -44,11 +44,13 @@ def test_openvino_agrees_with_onnxruntime_batched_on_real_faces(valid_faces):
 def test_openvino_warm_up_covers_every_padded_size_and_keeps_rows_apart(valid_faces):
     pytest.importorskip("openvino")
     pixels, _ = valid_faces
-    ov = FerClassifier(REFERENCE_MODEL, runtime="openvino", tta="hflip")
-    ov.warm_up(5)  # 5 faces with the mirror images: 10 rows, padded sizes 1, 2, 3, 4, 6, 8, 12
+    ov = FerClassifier(REFERENCE_MODEL, runtime="openvino", tta="hflip", threads=2)
+    # 5 faces with the mirror images: up to 10 rows; up to 7 in one part, 8 and more in two
+    # (4 + 4 to 5 + 5): padded part sizes 1, 2, 3, 4, 6, 8
+    ov.warm_up(5)
     warmed = ov._engine.warming.result(timeout=120)  # the sizes between powers of two
-    assert [len(out) for out in warmed] == [3, 6, 12]
-    # 5 faces run as 10 rows padded to 12: each face scores as it does alone
+    assert [len(out) for out in warmed] == [3, 6]
+    # 5 faces run as 10 rows, two parts of 5 padded to 6: each face scores as it does alone
     together = ov.predict_proba(pixels[:5])
     alone = np.concatenate([ov.predict_proba(pixels[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(together, alone, atol=1e-4)
@@ -86,7 +88,19 @@ def test_batches_are_padded_to_a_few_sizes():
     sizes = (1, 2, 3, 4, 5, 7, 9, 13, 33, 48, 49, 64, 65, 97, 128)
     assert [_bucket(n) for n in sizes] == [1, 2, 3, 4, 6, 8, 12, 16, 48, 48, 64, 64, 96, 128, 128]
     assert all(n <= _bucket(n) <= max(2, n * 3 // 2) for n in range(1, 600))  # ≤ a third padding
-    assert buckets_up_to(128) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+
+
+def test_openvino_splits_a_call_into_one_part_per_stream():
+    pytest.importorskip("openvino")
+    engine = _OpenVINO(REFERENCE_MODEL, threads=2)
+    assert engine.parts(3) == [(0, 3)]  # too few rows to be worth two threads
+    assert engine.parts(8) == [(0, 4), (4, 8)]
+    assert engine.parts(33) == [(0, 16), (16, 33)]
+    # 64 faces with the hflip TTA are 128 rows: two parts of at most 64
+    assert engine.part_sizes(128) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    x = np.random.default_rng(1).random((33, 48, 48, 1), dtype=np.float32)
+    whole = np.concatenate([engine.run(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(engine.run(x), whole, atol=1e-4)  # rows stay in order
 
 
 def test_int8_export_keeps_region_attention_in_float():
