@@ -43,7 +43,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
-from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig
+from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig, is_small_image
 from serving import bentoml_fixes
 from serving.batching import MicroBatcher, Overloaded
 from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, image_parts, parse_multipart, read_body
@@ -295,7 +295,10 @@ async def classify(request: Request) -> JSONResponse:
     """One pre-cropped face (any size; converted to 48x48 gray) → scores and label."""
     svc = _service()
     ((name, data),) = await _images(request, 1)
-    face = await _run(svc.recognizer.face_crop, data, name)
+    if is_small_image(data):  # decoding it costs the event loop less than a thread hop
+        face = svc.recognizer.face_crop(data, name)
+    else:  # a large upload (or a bomb or malformed data: the decoder names the fault) off the loop
+        face = await _run(svc.recognizer.face_crop, data, name)
     try:
         probs = await svc.batcher.submit(face)
     except Overloaded:
