@@ -43,6 +43,42 @@ def test_concurrent_requests_share_model_calls_and_keep_their_rows() -> None:
         np.testing.assert_array_equal(row, np.full(3, 2.0 * i))
 
 
+def test_faces_arriving_over_a_few_loop_turns_share_one_batch() -> None:
+    """A cohort of requests reaches the handlers over several event-loop turns (the loop reads
+    and parses them one by one); starting the model on the first alone would split it."""
+    model = SlowModel()
+    model.release.set()
+    batcher = MicroBatcher(model, max_batch_size=64)
+
+    async def arrive_after(turns: int) -> np.ndarray:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await batcher.submit(np.full(2, float(turns)))
+
+    async def run() -> list[np.ndarray]:
+        return await asyncio.gather(*[arrive_after(turns) for turns in range(6)])
+
+    out = asyncio.run(run())
+    assert model.batches == [6]
+    for turns, row in enumerate(out):
+        np.testing.assert_array_equal(row, np.full(2, 2.0 * turns))
+
+
+def test_a_lone_face_is_not_held_back() -> None:
+    model = SlowModel()
+    model.release.set()
+    batcher = MicroBatcher(model, max_batch_size=64)
+
+    async def run() -> list[np.ndarray]:
+        first = await batcher.submit(np.zeros(1))  # alone: runs after the settling turns
+        await asyncio.sleep(0.01)
+        return [first, await batcher.submit(np.ones(1))]
+
+    out = asyncio.run(run())
+    assert model.batches == [1, 1]
+    np.testing.assert_array_equal(out[1], np.full(1, 2.0))
+
+
 def test_a_full_queue_refuses_instead_of_growing() -> None:
     model = SlowModel()
     batcher = MicroBatcher(model, max_batch_size=4, max_queue=3)
