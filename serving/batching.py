@@ -18,6 +18,7 @@ request here, more than the model itself. This batcher groups the faces in memor
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import anyio
@@ -29,10 +30,11 @@ class Overloaded(Exception):
 
 
 class MicroBatcher:
-    # Turns without a new face that end the settling; a request that is already readable on
-    # its socket needs two (read and parse, then its handler runs up to submit()).
-    SETTLE_QUIET_TURNS = 2
-    SETTLE_MAX_SECONDS = 0.005  # a bound on settling while faces keep arriving every turn
+    SETTLE_IDLE_TURN_SECONDS = 50e-6  # a loop turn this short ran no request work
+    SETTLE_QUIET_SECONDS = 0.0002
+    # A bound on settling while faces keep coming. The loop's work for 32 responses and their
+    # follow-up requests takes longer than 5 ms on 2 cores: a 5 ms bound split cohorts.
+    SETTLE_MAX_SECONDS = 0.02
 
     def __init__(
         self,
@@ -68,24 +70,29 @@ class MicroBatcher:
     async def _settle(self) -> None:
         """Let requests that have already reached the server join before a batch starts.
 
-        When a large batch returns, its clients send their next requests at once, and the
-        event loop takes them in over a few turns while it still writes the responses. Starting
-        on the first arrival alone split each such cohort in two: a batch of 1-8 faces, then
-        one of the rest, who waited for it (half of all batches at concurrency 32). So: yield
-        the loop until a turn passes with no new face (or the batch is full). At low load that
-        is a few loop turns, microseconds; no timer, so an idle model never waits on a clock.
+        When a batch returns, its clients send their next requests at once, and the event
+        loop takes them in over several turns while it still writes the responses. Starting on
+        whatever is queued when the model frees up split a cohort of 32 clients into two
+        batches that then alternate (or into a batch of 1-8 and one of the rest), and on two
+        cores the model and the loop slowed each other down. So: yield the loop until it has
+        been idle (turns of under ``SETTLE_IDLE_TURN_SECONDS``, no new face) for
+        ``SETTLE_QUIET_SECONDS``, the batch is full, or ``SETTLE_MAX_SECONDS`` passed. A lone
+        request waits that quiet time, a fraction of a millisecond.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.SETTLE_MAX_SECONDS
-        quiet, before = 0, len(self._waiting)
-        while (
-            quiet < self.SETTLE_QUIET_TURNS
-            and len(self._waiting) < self.max_batch_size
-            and loop.time() < deadline
-        ):
+        start = time.perf_counter()  # not loop.time(): uvloop's advances in milliseconds
+        before, idle_since = len(self._waiting), None
+        while len(self._waiting) < self.max_batch_size:
+            turn_start = time.perf_counter()
+            if turn_start - start > self.SETTLE_MAX_SECONDS:
+                break
             await asyncio.sleep(0)
-            quiet = quiet + 1 if len(self._waiting) == before else 0
-            before = len(self._waiting)
+            turn_end = time.perf_counter()
+            if len(self._waiting) != before or turn_end - turn_start > self.SETTLE_IDLE_TURN_SECONDS:
+                before, idle_since = len(self._waiting), None  # a face came, or the loop had work
+            elif idle_since is None:
+                idle_since = turn_start
+            elif turn_end - idle_since >= self.SETTLE_QUIET_SECONDS:
+                break
 
     async def _run(self) -> None:
         assert self._wake is not None

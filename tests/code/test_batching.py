@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -62,6 +63,29 @@ def test_faces_arriving_over_a_few_loop_turns_share_one_batch() -> None:
     assert model.batches == [6]
     for turns, row in enumerate(out):
         np.testing.assert_array_equal(row, np.full(2, 2.0 * turns))
+
+
+def test_a_busy_event_loop_does_not_end_the_settling() -> None:
+    """A loop turn spent on other requests (writing responses, parsing new ones) is not quiet:
+    a face that arrives just after it still joins the batch."""
+    model = SlowModel()
+    model.release.set()
+    batcher = MicroBatcher(model, max_batch_size=64)
+    batcher.SETTLE_QUIET_SECONDS = 0.01  # shorter than the busy turn, long for an idle one
+    batcher.SETTLE_MAX_SECONDS = 1.0
+
+    async def busy_then_submit() -> np.ndarray:
+        for _ in range(3):  # the first face is settling now
+            await asyncio.sleep(0)
+        time.sleep(0.02)  # one long turn of other work
+        await asyncio.sleep(0)
+        return await batcher.submit(np.ones(1))
+
+    async def run() -> None:
+        await asyncio.gather(batcher.submit(np.zeros(1)), busy_then_submit())
+
+    asyncio.run(run())
+    assert model.batches == [2]
 
 
 def test_a_lone_face_is_not_held_back() -> None:
