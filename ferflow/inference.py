@@ -72,9 +72,9 @@ class ServingConfig:
     max_batch_images: int = 32  # images per /predict_batch request
     max_batch_bytes: int = 32 * 2**20  # bytes of all images of one /predict_batch request
     max_classify_batch: int = 64  # faces per model call when /classify requests are grouped
-    # Inference threads (OpenVINO or ONNX Runtime). 2: a grouped /classify batch uses both cores
-    # of a 2-core pod (405 vs 279 req/s measured, docs/benchmarks.md); set FERFLOW_THREADS to the
-    # pod's cores.
+    # Inference threads (OpenVINO: one single-threaded stream each, a batch split across them;
+    # ONNX Runtime: intra-op threads). 2: a grouped /classify batch uses both cores of a 2-core
+    # pod (docs/benchmarks.md); set FERFLOW_THREADS to the pod's cores.
     threads: int = 2
     tta: str | None = None  # FERFLOW_TTA: none | hflip; None = what the model's metadata says
     runtime: str | None = None  # FERFLOW_RUNTIME: auto | openvino | onnxruntime (ferflow.predict)
