@@ -6,10 +6,10 @@ FastAPI route can only reach it through ``self.to_async``, which in BentoML 1.4 
 call through an in-process HTTP client with a JSON-encoded array — about 6.6 ms of CPU per
 request here, more than the model itself. This batcher groups the faces in memory instead:
 
-- no timer: a face that arrives while the model is idle starts a batch after a few event-loop
-  turns (:meth:`MicroBatcher._settle`: requests already at the server join it), so a lone
-  request waits microseconds; faces that arrive while a batch runs wait and go together in
-  the next one, up to ``max_batch_size`` — so the batch size adapts to the load by itself;
+- no timer: a face that arrives while the model is idle starts a batch once the event loop
+  has taken in what already reached the server (:meth:`MicroBatcher._settle`), so a lone
+  request waits 0.2 ms; faces that arrive while a batch runs wait and go together in the
+  next one, up to ``max_batch_size`` — so the batch size adapts to the load by itself;
 - bounded: past ``max_queue`` waiting faces a request is refused with :class:`Overloaded`
   (the route answers 503) instead of queueing without limit;
 - a failing batch fails only its own requests; a client that went away is skipped.

@@ -40,6 +40,7 @@ from ferflow.inference import (
     ServingConfig,
     UnsupportedFormat,
     decode_image,
+    is_small_image,
 )
 from ferflow.predict import REFERENCE_MODEL, FerClassifier
 from tests.conftest import ROOT
@@ -265,6 +266,20 @@ def test_decode_image_refuses_bad_input_before_decoding() -> None:
     for data, error, words in cases:
         with pytest.raises(error, match=f"(?i){words}"):
             decode_image(data, limits, name="image")
+
+
+def test_only_small_crops_count_as_small_images() -> None:
+    """/classify decodes these on the event loop: the header must bound the work."""
+    crop = _encode(Image.new("L", (48, 48), 128))
+    assert is_small_image(crop)
+    assert is_small_image(_encode(Image.new("RGB", (128, 128)), "JPEG"))
+    assert is_small_image(crop[: len(crop) // 2])  # the header is whole: the decoder will refuse it
+    assert not is_small_image(_encode(Image.new("L", (129, 128))))
+    bomb = _bomb_png()
+    assert len(bomb) < 64 * 2**10 and not is_small_image(bomb)  # a small file, a huge header
+    assert not is_small_image(crop + bytes(70_000))  # over the byte bound, whatever the header says
+    assert not is_small_image(b"hello, world\n" * 10)
+    assert not is_small_image(b"\x89PNG\r\n\x1a\n" + bytes(30))  # corrupt header
 
 
 def test_serving_config_from_env() -> None:
