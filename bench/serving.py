@@ -110,8 +110,8 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(timeout: float = 60.0, env: dict[str, str] | None = None) -> Server:
-    """``bentoml serve`` on a free port; returns once /readyz answers 200."""
+def start_server(timeout: float = 60.0, env: dict[str, str] | None = None, root: Path = ROOT) -> Server:
+    """``bentoml serve`` of the checkout ``root`` on a free port; returns once /readyz answers 200."""
     port = free_port()
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -126,7 +126,7 @@ def start_server(timeout: float = 60.0, env: dict[str, str] | None = None) -> Se
             "--port",
             str(port),
         ],
-        cwd=ROOT,
+        cwd=root,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -339,6 +339,15 @@ def crop_jobs(n: int) -> list[tuple[str, bytes]]:
     return [("/classify", multipart(f.read_bytes(), f.name, "image/png")) for f in files]
 
 
+def photo_jobs(files: list[Path]) -> list[tuple[str, bytes]]:
+    return [("/predict", multipart(f.read_bytes(), f.name, "image/jpeg")) for f in files]
+
+
+def mixed_jobs(crops: list[tuple[str, bytes]], photos: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The soak's traffic: 9 in 10 requests ``/classify`` crops, 1 in 10 ``/predict`` photos."""
+    return [crops[i] if i % 10 else photos[i // 10 % len(photos)] for i in range(len(crops))]
+
+
 def photo_files() -> list[Path]:
     from PIL import Image
 
@@ -489,13 +498,13 @@ def main() -> None:
     try:
         crops = crop_jobs(500)
         photos = photo_files()
-        photo_jobs = [("/predict", multipart(f.read_bytes(), f.name, "image/jpeg")) for f in photos]
+        photo_reqs = photo_jobs(photos)
 
         # warm-up: every request kind at the soak's concurrency, so that first-touch allocations
         # (connection buffers, 64 requests in flight, the largest batches) are not counted as growth
-        mix = [crops[i] if i % 10 else photo_jobs[i // 10 % len(photo_jobs)] for i in range(len(crops))]
+        mix = mixed_jobs(crops, photo_reqs)
         asyncio.run(load(server.url, "warm-up", crops, 300, 32, 30))
-        asyncio.run(load(server.url, "warm-up", photo_jobs, 50, 4, 30))
+        asyncio.run(load(server.url, "warm-up", photo_reqs, 50, 4, 30))
         if args.warm_up:
             asyncio.run(heavy(server.url, "warm-up", mix, args.warm_up, 64, args.max_seconds))
         results["classify"] = measured(
@@ -507,7 +516,7 @@ def main() -> None:
             lambda: load(
                 server.url,
                 "/predict 350x350",
-                photo_jobs,
+                photo_reqs,
                 args.predict,
                 args.predict_concurrency,
                 args.max_seconds,

@@ -1,18 +1,17 @@
 """A/B of server builds or settings on ``/classify`` (issue 4): one server per variant and round.
 
 Each variant is ``NAME=CHECKOUT`` (a checkout of this repository, e.g. a ``git worktree`` of an
-older commit; it needs ``.venv`` and ``data`` like this one) plus optional server environment
-``--env NAME:KEY=VALUE``. Per variant and round: start the server, 2,000 warm-up ``/classify``
-requests, 6,000 measured ones at concurrency 32 ("plain"); then 50 photos and 2,000 mixed
-requests at concurrency 64 and 6,000 ``/classify`` again on the same server ("after mix", the
-order ``bench/serving.py`` measures in). Variants alternate within each round, so a host that
+older commit, whose server runs with this venv's Python in that directory; the load, crops and
+photos are this checkout's) plus optional server environment ``--env NAME:KEY=VALUE``. Per
+variant and round: start the server, 2,000 warm-up ``/classify`` requests, 6,000 measured ones
+at concurrency 32 ("plain"); then 50 photos and 2,000 mixed requests at concurrency 64 and
+6,000 ``/classify`` again on the same server ("after mix", the order ``bench/serving.py``
+measures in). Variants alternate within each round, so a host that
 drifts affects them alike; compare within one run only.
 
-    git worktree add ../ferflow-old d04bee2 && ln -s "$PWD/.venv" "$PWD/data" ../ferflow-old/
+    git worktree add ../ferflow-old d04bee2
     .venv/bin/python bench/serving_ab.py old=../ferflow-old new=. notta=. \\
         --env notta:FERFLOW_TTA=none --rounds 2
-
-(A checkout beside this one also finds ``../shared``, where the sample photos are.)
 """
 
 from __future__ import annotations
@@ -25,21 +24,15 @@ import re
 import sys
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 
 CLASSIFY = 6000
 WARM_UP = 2000
 
-
-def bench_module(checkout: Path) -> ModuleType:
-    """``bench/serving.py`` of ``checkout``: its servers run that checkout's code."""
-    name = f"bench_serving_{abs(hash(checkout))}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, checkout / "bench" / "serving.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# This checkout's bench/serving.py by path: `import serving` would find the service package.
+_spec = importlib.util.spec_from_file_location("bench_serving", Path(__file__).with_name("serving.py"))
+sv = importlib.util.module_from_spec(_spec)
+sys.modules["bench_serving"] = sv
+_spec.loader.exec_module(sv)
 
 
 def batch_sizes(url: str) -> dict[str, float]:
@@ -51,29 +44,26 @@ def batch_sizes(url: str) -> dict[str, float]:
     return out
 
 
-def classify_phase(sv: ModuleType, server, jobs) -> dict:
-    before, cpu = batch_sizes(server.url), server.cpu_seconds()
-    result = sv.wrk_load(server.url, "classify", jobs, CLASSIFY, 32, 90)
-    summary = result.summary()
-    summary["server_cpu_ms_per_req"] = round(1000 * (server.cpu_seconds() - cpu) / max(1, result.requests), 3)
+def classify_phase(server, jobs) -> dict:
+    before = batch_sizes(server.url)
+    summary = sv.measured(server, lambda: sv._wrk(server.url, "classify", jobs, CLASSIFY, 32, 90))
     after = batch_sizes(server.url)
     summary["batches_le"] = {k: int(after[k] - before.get(k, 0)) for k in after}
     return summary
 
 
 def run_variant(checkout: Path, env: dict[str, str]) -> dict:
-    sv = bench_module(checkout)
-    server = sv.start_server(env=env)
+    """One server of ``checkout``'s code; the load, crops and photos are this checkout's."""
+    server = sv.start_server(env=env, root=checkout)
     try:
         out = {"ready_s": round(server.ready_s, 2)}
         crops = sv.crop_jobs(500)
         sv.wrk_load(server.url, "warm-up", crops, WARM_UP, 32, 60)
-        out["plain"] = classify_phase(sv, server, crops)
-        photos = [("/predict", sv.multipart(f.read_bytes(), f.name, "image/jpeg")) for f in sv.photo_files()]
-        mix = [crops[i] if i % 10 else photos[i // 10 % len(photos)] for i in range(len(crops))]
+        out["plain"] = classify_phase(server, crops)
+        photos = sv.photo_jobs(sv.photo_files())
         asyncio.run(sv.load(server.url, "warm-up", photos, 50, 4, 30))
-        sv.wrk_load(server.url, "mix", mix, WARM_UP, 64, 60)
-        out["after_mix"] = classify_phase(sv, server, crops)
+        sv.wrk_load(server.url, "mix", sv.mixed_jobs(crops, photos), WARM_UP, 64, 60)
+        out["after_mix"] = classify_phase(server, crops)
         out["rss_mb"] = round(server.rss_bytes() / 2**20, 1)
         return out
     finally:
