@@ -209,9 +209,35 @@ class _OpenVINO:
                 "NUM_STREAMS": self.streams,
             },
         )
+        # The first NumPy view of an OpenVINO tensor initialises pybind11's NumPy bridge inside
+        # openvino's extension module; two threads doing it at once deadlock on a static-init
+        # guard and the GIL (seen: about 1 server start in 30 hung in the probe). One call on this
+        # thread does it before any caller thread exists.
+        self.compiled.create_infer_request().infer({0: np.zeros((1, 48, 48, 1), np.float32)})
         self._local = threading.local()
         self._callers = ThreadPoolExecutor(self.streams, thread_name_prefix="ferflow-openvino")
+        self._start_callers()
         self.warming: Future[list[np.ndarray]] | None = None  # the background part of warm_up
+
+    def _start_callers(self) -> None:
+        """Start all ``streams`` caller threads now, each with its own infer request.
+
+        ThreadPoolExecutor starts a thread per task only while none is idle, and counts a thread
+        idle once per finished task: a pool whose first calls were one-part calls can stay at
+        one thread, and :meth:`warm_up`, which holds a task on every thread, would then stall.
+        Tasks that wait for each other and for this thread cannot finish before the last is
+        submitted, so each submission starts a thread.
+        """
+        everyone = threading.Barrier(self.streams + 1)
+
+        def start() -> None:
+            self._local.request = self.compiled.create_infer_request()
+            everyone.wait(timeout=60)
+
+        started = [self._callers.submit(start) for _ in range(self.streams)]
+        everyone.wait(timeout=60)
+        for task in started:
+            task.result()
 
     def parts(self, rows: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of the parts a call of ``rows`` rows is split into, one per stream."""

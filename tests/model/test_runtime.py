@@ -7,12 +7,17 @@ keeps such a model off OpenVINO and the export rule that avoided it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 
 from ferflow.canonical import open_dataset
 from ferflow.config import Runtime
 from ferflow.predict import REFERENCE_MODEL, FerClassifier, _bucket, _OpenVINO
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.data
 
@@ -101,6 +106,53 @@ def test_openvino_splits_a_call_into_one_part_per_stream():
     x = np.random.default_rng(1).random((33, 48, 48, 1), dtype=np.float32)
     whole = np.concatenate([engine.run(x[i : i + 1]) for i in range(len(x))])
     np.testing.assert_allclose(engine.run(x), whole, atol=1e-4)  # rows stay in order
+
+
+def test_openvino_warm_up_after_one_part_calls():
+    """warm_up holds a task on every caller thread: all of them must exist even when the first
+    calls were too small to split (a lazily grown pool stayed at one thread, and the warm-up
+    waited 60 s for a second one, then failed)."""
+    pytest.importorskip("openvino")
+    engine = _OpenVINO(REFERENCE_MODEL, threads=2)
+    x = np.random.default_rng(2).random((3, 48, 48, 1), dtype=np.float32)
+    for _ in range(3):
+        engine.run(x)  # 3 rows: one part, one thread
+    callers = [t for t in threading.enumerate() if t.name.startswith("ferflow-openvino")]
+    assert len(callers) >= 2
+    done = threading.Event()
+    threading.Thread(target=lambda: (engine.warm_up(8), done.set()), daemon=True).start()
+    assert done.wait(timeout=30), "warm_up stalled"
+    assert [len(out) for out in engine.warming.result(timeout=60)] == [3, 6]
+
+
+STARTS = """
+import sys
+from ferflow.predict import REFERENCE_MODEL, FerClassifier
+FerClassifier(REFERENCE_MODEL, runtime="openvino", threads=2).warm_up(64)
+print("started")
+"""
+
+
+@pytest.mark.slow
+def test_openvino_starts_without_hanging_in_fresh_processes():
+    """A stress test of start-up: the probe's first two-part call once deadlocked in about 1
+    process start in 30 (both caller threads initialising pybind11's NumPy bridge at once)."""
+    pytest.importorskip("openvino")
+    hung = []
+    for i in range(0, 60, 2):
+        procs = [
+            subprocess.Popen([sys.executable, "-c", STARTS], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        for proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=60)
+                assert proc.returncode == 0 and "started" in out, out
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                hung.append(i)
+    assert not hung, f"{len(hung)} of 60 starts hung"
 
 
 def test_int8_export_keeps_region_attention_in_float():
