@@ -94,6 +94,7 @@ def run(cfg, dataset: Path, pin: bool) -> dict:
             "epochs_run": t.user_attrs.get("epochs_run"),
             "seconds": t.user_attrs.get("seconds"),
             "curve": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
+            "val_loss": t.user_attrs.get("val_loss"),
             "params": t.params,
         }
         for t in study.get_trials(deepcopy=False)

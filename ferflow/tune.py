@@ -300,6 +300,7 @@ def _pruning_callback_class():
             super().__init__()
             self.trial, self.on_epoch, self.monitor = trial, on_epoch, monitor
             self.values: list[float] = []
+            self.losses: list[float] = []  # tuning-split loss per epoch, for pruning studies
             self.pruned_at: int | None = None
             self.nan_at: int | None = None
 
@@ -315,6 +316,8 @@ def _pruning_callback_class():
             if value is None:
                 raise KeyError(f"no {self.monitor!r} in the epoch logs {sorted(logs)}")
             self.values.append(value)
+            if "val_loss" in logs:
+                self.losses.append(round(logs["val_loss"], 5))
             self.trial.report(value, epoch + 1)  # step = epochs completed (the resource used)
             epochs = (self.params or {}).get("epochs")  # set by fit; unknown: never "last"
             last = epochs is not None and epoch + 1 >= epochs
@@ -401,6 +404,7 @@ class Objective:
         finally:
             seconds = time.perf_counter() - started
             trial.set_user_attr("seconds", round(seconds, 2))
+            trial.set_user_attr("val_loss", report.losses)
             if tracker and run_id:
                 with contextlib.suppress(Exception):
                     if value is not None:

@@ -103,6 +103,7 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
     assert bad.state == State.PRUNED, (bad.intermediate_values, good1.intermediate_values)
     assert bad.user_attrs["epochs_run"] < cfg.epochs  # training stopped when the pruner said so
     assert max(bad.intermediate_values) == bad.user_attrs["epochs_run"]  # steps = epochs done
+    assert len(bad.user_attrs["val_loss"]) == bad.user_attrs["epochs_run"]  # a loss per epoch run
 
     runs = nested_runs(mlflow_sqlite, parent)
     assert sorted(runs) == [0, 1, 2]
