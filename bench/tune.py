@@ -67,6 +67,7 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         pruner=pruner,
+        prune_on=args.prune_on,
         startup_trials=args.startup,
         warmup_epochs=args.warmup,
         reduction_factor=args.reduction_factor,
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--model", default="ran_fm", help="ran_fm, ran, resnet or cnn")
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--pruner", default="median", choices=["median", "hyperband", "asha", "none"])
+    ap.add_argument("--prune-on", default="accuracy", choices=["accuracy", "loss"])
     ap.add_argument("--startup", type=int, default=4, help="random trials before TPE and pruning")
     ap.add_argument("--warmup", type=int, default=1, help="epochs no pruner judges (first decision: +1)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="asha/hyperband: 1 in f goes on")

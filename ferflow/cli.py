@@ -311,7 +311,7 @@ def serve_cmd(
 
 # --- hyper-parameter tuning (ferflow.tune; Optuna) ---
 
-from ferflow.config import PrunerName  # noqa: E402
+from ferflow.config import PrunerName, PruneSignal  # noqa: E402
 
 
 @app.command("tune")
@@ -331,6 +331,9 @@ def tune_cmd(
     pruner: Annotated[PrunerName, typer.Option(help="cuts unpromising trials after an epoch.")] = (
         PrunerName.MEDIAN
     ),
+    prune_on: Annotated[
+        PruneSignal, typer.Option(help="what the pruner compares after each epoch: tuning accuracy or loss.")
+    ] = PruneSignal.ACCURACY,
     seed: Annotated[int, typer.Option(help="TPE sampler seed.")] = 42,
     epochs: Annotated[int, typer.Option(help="epochs per trial (the pruner's steps).")] = 10,
     steps_per_epoch: Annotated[int, typer.Option(help="0 = one pass over the training images.")] = 0,
@@ -372,6 +375,7 @@ def tune_cmd(
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         pruner=pruner,
+        prune_on=prune_on,
         startup_trials=startup_trials,
         warmup_epochs=warmup_epochs,
         reduction_factor=reduction_factor,

@@ -486,6 +486,16 @@ class PrunerName(StrEnum):
     NONE = "none"
 
 
+class PruneSignal(StrEnum):
+    """What a trial reports to the pruner after each epoch (the objective stays its best
+    tuning-split accuracy either way)."""
+
+    ACCURACY = "accuracy"  # tuning-split accuracy
+    # minus the tuning-split loss: it falls smoothly while accuracy still sits near the
+    # majority-class rate in the first epochs, where accuracy ranks trials almost at random
+    LOSS = "loss"
+
+
 @dataclass(frozen=True)
 class TuneSpace:
     """The search space of ``ferflow tune``: (low, high) ranges and categorical choices.
@@ -528,6 +538,7 @@ class TuneConfig:
     epochs: int = 10  # epochs per trial (the pruner's steps)
     steps_per_epoch: int = 0  # 0 = one pass over the (subset) training images
     pruner: PrunerName = PrunerName.MEDIAN
+    prune_on: PruneSignal = PruneSignal.ACCURACY
     startup_trials: int = 5  # random trials before TPE models the space; the pruner waits as long
     # epochs no pruner judges: the first decision follows epoch warmup_epochs + 1 (median: the
     # first step it compares; ASHA/Hyperband: the first rung, then x reduction_factor per rung)

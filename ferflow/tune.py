@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ferflow.canonical import CanonicalDataset, Split, open_dataset
-from ferflow.config import LabelScheme, Paths, PrunerName, TrainConfig, TuneConfig
+from ferflow.config import LabelScheme, Paths, PrunerName, PruneSignal, TrainConfig, TuneConfig
 
 TUNED_PARAMS: tuple[str, ...] = (
     "learning_rate",
@@ -290,15 +290,17 @@ def _pruning_callback_class():
     import keras
 
     class OptunaReport(keras.callbacks.Callback):
-        """After each epoch: report the tuning-split accuracy; stop cleanly if pruned or NaN.
+        """After each epoch: report the tuning-split accuracy (or minus its loss, ``signal``) to
+        the pruner; stop cleanly if pruned or NaN. ``values`` keeps the accuracies (the objective).
 
         It only sets ``stop_training``; the objective raises ``TrialPruned`` (or fails the
         trial for a NaN loss) once ``train`` has returned, so checkpoints and files close.
         """
 
-        def __init__(self, trial, on_epoch=None, monitor: str = "val_accuracy"):
+        def __init__(self, trial, on_epoch=None, signal: PruneSignal = PruneSignal.ACCURACY):
             super().__init__()
-            self.trial, self.on_epoch, self.monitor = trial, on_epoch, monitor
+            self.trial, self.on_epoch, self.signal = trial, on_epoch, PruneSignal(signal)
+            self.monitor = "val_accuracy"
             self.values: list[float] = []
             self.losses: list[float] = []  # tuning-split loss per epoch, for pruning studies
             self.pruned_at: int | None = None
@@ -318,6 +320,10 @@ def _pruning_callback_class():
             self.values.append(value)
             if "val_loss" in logs:
                 self.losses.append(round(logs["val_loss"], 5))
+            if self.signal is PruneSignal.LOSS:
+                if "val_loss" not in logs:
+                    raise KeyError(f"no 'val_loss' in the epoch logs {sorted(logs)}")
+                value = -logs["val_loss"]  # pruners compare larger-is-better, like the study
             self.trial.report(value, epoch + 1)  # step = epochs completed (the resource used)
             epochs = (self.params or {}).get("epochs")  # set by fit; unknown: never "last"
             last = epochs is not None and epoch + 1 >= epochs
@@ -369,7 +375,7 @@ class Objective:
             if tracker and run_id:
                 tracker.log_metrics(run_id, {k: v for k, v in logs.items() if math.isfinite(v)}, step=epoch)
 
-        report = _pruning_callback_class()(trial, on_epoch)
+        report = _pruning_callback_class()(trial, on_epoch, self.cfg.prune_on)
         state, value, reason = "FAIL", None, ""
         try:
             with tempfile.TemporaryDirectory(prefix=f"ferflow-trial{trial.number}-") as run_dir:

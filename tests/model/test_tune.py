@@ -17,7 +17,15 @@ import pytest
 pytest.importorskip("tensorflow")
 optuna = pytest.importorskip("optuna")
 
-from ferflow.config import LabelScheme, Precision, PrunerName, TrainConfig, TuneConfig, TuneSpace  # noqa: E402
+from ferflow.config import (  # noqa: E402
+    LabelScheme,
+    Precision,
+    PrunerName,
+    PruneSignal,
+    TrainConfig,
+    TuneConfig,
+    TuneSpace,
+)
 
 pytestmark = [
     pytest.mark.data,
@@ -144,6 +152,26 @@ def test_new_study_starts_with_the_untuned_baseline_and_reports_the_gain(
     assert result.gain > 0, (first.value, second.value)  # GOOD learns; lr 1e-7 does not
     assert "untuned baseline" in result.render()
     assert len(study.get_trials()) == 2
+
+
+def test_pruning_on_the_tuning_loss(small_dataset, tmp_path):
+    """With ``prune_on=loss`` the pruner sees minus the tuning-split loss after each epoch, and
+    the study still scores trials by their best tuning-split accuracy."""
+    from ferflow.tune import create_study, run_worker
+
+    cfg = tiny(tmp_path, "prune-loss", pruner=PrunerName.MEDIAN, prune_on=PruneSignal.LOSS, track=False)
+    study, _ = create_study(cfg)
+    study.enqueue_trial(GOOD)
+    study.enqueue_trial({**GOOD, "learning_rate": 3e-3, "dropout": 0.2})
+    study.enqueue_trial({**GOOD, "learning_rate": 1e-7})  # its loss stays at the random init's
+    assert run_worker(cfg, small_dataset, 3) == 3
+
+    good1, good2, bad = study.get_trials()
+    assert (good1.state, good2.state, bad.state) == (State.COMPLETE, State.COMPLETE, State.PRUNED)
+    for t in (good1, good2, bad):
+        reported = [v for _, v in sorted(t.intermediate_values.items())]
+        assert reported == pytest.approx([-v for v in t.user_attrs["val_loss"]], abs=1e-4)
+    assert 0 < good1.value <= 1  # an accuracy, not a loss
 
 
 def test_failed_trials_are_recorded_and_the_study_continues(small_dataset, tmp_path, mlflow_sqlite):
