@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -216,28 +217,26 @@ class _OpenVINO:
         self.compiled.create_infer_request().infer({0: np.zeros((1, 48, 48, 1), np.float32)})
         self._local = threading.local()
         self._callers = ThreadPoolExecutor(self.streams, thread_name_prefix="ferflow-openvino")
-        self._start_callers()
+        self._on_every_caller(self._request)  # all caller threads now, each with its request
         self.warming: Future[list[np.ndarray]] | None = None  # the background part of warm_up
 
-    def _start_callers(self) -> None:
-        """Start all ``streams`` caller threads now, each with its own infer request.
+    def _on_every_caller(self, work: Callable[[], object]) -> list:
+        """Run ``work`` once on each of the ``streams`` caller threads; its results.
 
-        ThreadPoolExecutor starts a thread per task only while none is idle, and counts a thread
-        idle once per finished task: a pool whose first calls were one-part calls can stay at
-        one thread, and :meth:`warm_up`, which holds a task on every thread, would then stall.
-        Tasks that wait for each other and for this thread cannot finish before the last is
-        submitted, so each submission starts a thread.
+        Every task first waits for all the others and for this thread, so no thread can take
+        two. On a new pool that also starts every thread: ThreadPoolExecutor starts one per
+        task only while none is idle, and counts a thread idle once per finished task, so a
+        pool whose first calls were one-part calls could stay at one thread.
         """
         everyone = threading.Barrier(self.streams + 1)
 
-        def start() -> None:
-            self._local.request = self.compiled.create_infer_request()
+        def task() -> object:
             everyone.wait(timeout=60)
+            return work()
 
-        started = [self._callers.submit(start) for _ in range(self.streams)]
+        tasks = [self._callers.submit(task) for _ in range(self.streams)]
         everyone.wait(timeout=60)
-        for task in started:
-            task.result()
+        return [t.result() for t in tasks]
 
     def parts(self, rows: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of the parts a call of ``rows`` rows is split into, one per stream."""
@@ -258,26 +257,23 @@ class _OpenVINO:
         caller thread (each keeps its own buffers); the sizes between them in the background,
         where their kernels compile while the caller already serves (the start-up stays as
         short as with power-of-two padding alone)."""
-        together = threading.Barrier(self.streams)  # holds each task on a thread of its own
         sizes = self.part_sizes(max_rows)
         now = [s for s in sizes if s & (s - 1) == 0]
         later = [s for s in sizes if s not in now]
-
-        def warm() -> None:
-            together.wait(timeout=60)
-            for size in now:
-                self._infer(np.zeros((size, 48, 48, 1), np.float32))
-
-        for task in [self._callers.submit(warm) for _ in range(self.streams)]:
-            task.result()
+        self._on_every_caller(lambda: [self._infer(np.zeros((s, 48, 48, 1), np.float32)) for s in now])
         self.warming = self._callers.submit(
             lambda: [self._infer(np.zeros((size, 48, 48, 1), np.float32)) for size in later]
         )
 
-    def _infer(self, x: np.ndarray) -> np.ndarray:
+    def _request(self):
+        """This thread's infer request (created on first use)."""
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        request = self._request()
         n, size = len(x), _bucket(len(x))
         if n == size:
             batch = np.ascontiguousarray(x, dtype=np.float32)

@@ -318,12 +318,13 @@ def _pruning_callback_class():
             if value is None:
                 raise KeyError(f"no {self.monitor!r} in the epoch logs {sorted(logs)}")
             self.values.append(value)
-            if "val_loss" in logs:
-                self.losses.append(round(logs["val_loss"], 5))
+            loss = logs.get("val_loss")
+            if loss is not None:
+                self.losses.append(round(loss, 5))
             if self.signal is PruneSignal.LOSS:
-                if "val_loss" not in logs:
+                if loss is None:
                     raise KeyError(f"no 'val_loss' in the epoch logs {sorted(logs)}")
-                value = -logs["val_loss"]  # pruners compare larger-is-better, like the study
+                value = -loss  # pruners compare larger-is-better, like the study
             self.trial.report(value, epoch + 1)  # step = epochs completed (the resource used)
             epochs = (self.params or {}).get("epochs")  # set by fit; unknown: never "last"
             last = epochs is not None and epoch + 1 >= epochs
