@@ -4,6 +4,15 @@
 without; reports wall time, trials pruned, and the best tuning-split accuracy of each.
 Target: pruned < half the unpruned time, best value within 1 point.
 
+``replay``: Optuna's own pruner, built as ``ferflow tune`` builds it, applied to the recorded
+per-epoch curves of an unpruned study (``per_trial`` in a ``pruning`` JSON). Same trials, same
+order, no sampler reaction; cost = a fixed per-trial overhead + the epochs run × that trial's
+seconds per epoch. It answers "which trials would this pruner have kept, and for how long".
+
+``reaction``: what the seeded TPE sampler draws next for a categorical parameter, given a
+recorded study's first n trials (pruned ones included): the share of 40 sampler seeds per choice.
+It shows how pruning a choice's first trials steers the sampler away from it.
+
 ``scaling``: a fixed trial budget on a PostgreSQL study (a throwaway server from
 ``scripts/postgres.sh`` unless ``--storage`` is given), one worker pinned to one core vs two
 workers each pinned to its own core; pruning off and a fixed architecture so every trial does
@@ -14,6 +23,8 @@ ten minutes on two shared cores; ``valid`` (the test set) is never read. Usage::
 
     .venv/bin/python bench/tune.py pruning --subset 2000 --trials 20 --epochs 6 --pruner median
     .venv/bin/python bench/tune.py pruning --subset 2000 --trials 20 --epochs 6 --pruner none
+    .venv/bin/python bench/tune.py replay bench/results/tune/none_s42.json --pruner asha --warmup 3
+    .venv/bin/python bench/tune.py reaction bench/results/tune/asha_loss_s42.json
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 1
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 2
 """
@@ -118,6 +129,109 @@ def pruning(args) -> dict:
     return {"bench": "pruning", "pruner": args.pruner, **out}
 
 
+def _recorded(path: Path) -> list[dict]:
+    """The per-trial curves of an earlier ``pruning --out`` JSON."""
+    trials = json.loads(path.read_text()).get("per_trial")
+    if not trials:
+        raise SystemExit(f"{path}: no per_trial curves (write one with `bench/tune.py pruning --out`)")
+    return trials
+
+
+def replay(args) -> dict:
+    """Optuna's pruner over recorded curves; time relative to running every trial to the end."""
+    import optuna
+
+    from ferflow.tune import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    trials = _recorded(args.curves)
+    incomplete = [t["number"] for t in trials if t["state"] != "COMPLETE"]
+    if incomplete:
+        raise SystemExit(f"{args.curves}: trials {incomplete} stopped early; replay needs an unpruned study")
+    args.epochs = len(trials[0]["curve"])  # Hyperband's maximum resource
+    cfg = bench_config(args, Path("."), "", "replay", args.pruner, 1, fixed=False)
+    replayed = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+    spent = full = 0.0
+    rows = []
+    for t in trials:
+        curve = t["curve"] if args.prune_on == "accuracy" else [-v for v in t["val_loss"] or []]
+        epochs = len(t["curve"])
+        if len(curve) != epochs:
+            raise SystemExit(f"{args.curves}: trial {t['number']} has no per-epoch val_loss (older JSON)")
+        per_epoch = (t["seconds"] - args.overhead) / epochs
+        trial = replayed.ask()
+        ran = epochs
+        for epoch, value in enumerate(curve[:-1], start=1):  # after the last epoch nothing is saved
+            trial.report(value, epoch)
+            if trial.should_prune():
+                ran = epoch
+                break
+        if ran == epochs:
+            replayed.tell(trial, t["value"])
+        else:
+            replayed.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        spent += args.overhead + ran * per_epoch
+        full += t["seconds"]
+        value = t["value"] if ran == epochs else None
+        rows.append({"number": t["number"], "epochs_run": ran, "value": value})
+    kept = [r["value"] for r in rows if r["value"] is not None]
+    best_full = max(t["value"] for t in trials)
+    return {
+        "bench": "replay",
+        "curves": str(args.curves),
+        "pruner": args.pruner,
+        "prune_on": args.prune_on,
+        "first_decision_epoch": args.warmup + 1,
+        "reduction_factor": args.reduction_factor,
+        "time_ratio": round(spent / full, 3),
+        "complete": len(kept),
+        "best_unpruned": best_full,
+        "best_kept": max(kept) if kept else None,
+        "points_lost": round(100 * (best_full - max(kept)), 2) if kept else None,
+        "per_trial": rows,
+    }
+
+
+def reaction(args) -> dict:
+    """The share of sampler seeds drawing each choice of ``--param`` after the first n trials."""
+    import optuna
+
+    from ferflow.tune import make_sampler, suggest
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    trials = _recorded(args.curves)
+    cfg = bench_config(args, Path("."), "", "reaction", "none", 1, fixed=False)
+    probe = optuna.create_study(direction="maximize")
+    suggest(probe.ask(), cfg)
+    distributions = probe.trials[0].distributions
+    rows = []
+    for n in range(cfg.startup_trials, len(trials) + 1):
+        study = optuna.create_study(direction="maximize")
+        for t in trials[:n]:
+            steps = {i + 1: v for i, v in enumerate(t["curve"])}
+            complete = t["state"] == "COMPLETE"
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=t["params"],
+                    distributions=distributions,
+                    value=t["value"] if complete else None,
+                    state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
+                    intermediate_values=steps,
+                )
+            )
+        drawn: dict[str, int] = {}
+        for seed in range(args.seeds):
+            study.sampler = make_sampler(cfg, seed_offset=seed)
+            trial = study.ask()
+            choice = str(suggest(trial, cfg)[args.param])
+            drawn[choice] = drawn.get(choice, 0) + 1
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        share = {k: round(v / args.seeds, 3) for k, v in sorted(drawn.items())}
+        rows.append({"after_trials": n, "share": share})
+        print(f"after {n:2d} trials: " + ", ".join(f"{k} {v}" for k, v in share.items()), flush=True)
+    return {"bench": "reaction", "curves": str(args.curves), "param": args.param, "rows": rows}
+
+
 def scaling(args) -> dict:
     script = ROOT / "scripts" / "postgres.sh"
     started = None
@@ -140,7 +254,11 @@ def scaling(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", choices=["pruning", "scaling"])
+    ap.add_argument("bench", choices=["pruning", "replay", "reaction", "scaling"])
+    ap.add_argument("curves", nargs="?", type=Path, help="replay/reaction: a `pruning --out` JSON")
+    ap.add_argument("--overhead", type=float, default=8.0, help="replay: seconds per trial besides epochs")
+    ap.add_argument("--param", default="label_scheme", help="reaction: the categorical parameter")
+    ap.add_argument("--seeds", type=int, default=40, help="reaction: sampler seeds per step")
     ap.add_argument("--dataset", type=Path, default=ROOT / "artifacts" / "canonical")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--subset", type=int, default=2000, help="training images per trial")
@@ -167,7 +285,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     info["args"] = {k: str(v) for k, v in vars(args).items()}
-    result = {**info, **(pruning(args) if args.bench == "pruning" else scaling(args))}
+    if args.bench in ("replay", "reaction") and args.curves is None:
+        ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
+    bench = {"pruning": pruning, "replay": replay, "reaction": reaction, "scaling": scaling}[args.bench]
+    result = {**info, **bench(args)}
     result["load_after"] = [round(x, 1) for x in os.getloadavg()]
     text = json.dumps(result, indent=1, default=str)
     print(text)
