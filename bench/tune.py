@@ -13,6 +13,9 @@ seconds per epoch. It answers "which trials would this pruner have kept, and for
 recorded study's first n trials (pruned ones included): the share of 40 sampler seeds per choice.
 It shows how pruning a choice's first trials steers the sampler away from it.
 
+``compare``: a pruned study against its unpruned reference recorded at another time, with the
+host's speed difference taken from the trials both drew with identical parameters.
+
 ``scaling``: a fixed trial budget on a PostgreSQL study (a throwaway server from
 ``scripts/postgres.sh`` unless ``--storage`` is given), one worker pinned to one core vs two
 workers each pinned to its own core; pruning off and a fixed architecture so every trial does
@@ -25,6 +28,7 @@ ten minutes on two shared cores; ``valid`` (the test set) is never read. Usage::
     .venv/bin/python bench/tune.py pruning --subset 2000 --trials 20 --epochs 6 --pruner none
     .venv/bin/python bench/tune.py replay bench/results/tune/none_s42.json --pruner asha --warmup 3
     .venv/bin/python bench/tune.py reaction bench/results/tune/asha_loss_s42.json
+    .venv/bin/python bench/tune.py compare bench/results/tune/{none_s43,within_asha_s43}.json
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 1
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 2
 """
@@ -82,6 +86,7 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
         startup_trials=args.startup,
         warmup_epochs=args.warmup,
         reduction_factor=args.reduction_factor,
+        prune_within=args.prune_within,
         seed=args.seed,
         base=base,
         space=space,
@@ -137,6 +142,18 @@ def _recorded(path: Path) -> list[dict]:
     return trials
 
 
+def _distributions(cfg) -> dict:
+    """Optuna's distributions of the search space, as ``ferflow.tune.suggest`` declares them."""
+    import optuna
+
+    from ferflow.tune import suggest
+
+    probe = optuna.create_study(direction="maximize")
+    trial = probe.ask()
+    suggest(trial, cfg)
+    return trial.distributions
+
+
 def replay(args) -> dict:
     """Optuna's pruner over recorded curves; time relative to running every trial to the end."""
     import optuna
@@ -150,6 +167,7 @@ def replay(args) -> dict:
         raise SystemExit(f"{args.curves}: trials {incomplete} stopped early; replay needs an unpruned study")
     args.epochs = len(trials[0]["curve"])  # Hyperband's maximum resource
     cfg = bench_config(args, Path("."), "", "replay", args.pruner, 1, fixed=False)
+    distributions = _distributions(cfg)
     replayed = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
     spent = full = 0.0
     rows = []
@@ -159,7 +177,8 @@ def replay(args) -> dict:
         if len(curve) != epochs:
             raise SystemExit(f"{args.curves}: trial {t['number']} has no per-epoch val_loss (older JSON)")
         per_epoch = (t["seconds"] - args.overhead) / epochs
-        trial = replayed.ask()
+        replayed.enqueue_trial(t["params"])
+        trial = replayed.ask(distributions)  # the recorded params (a per-choice pruner reads them)
         ran = epochs
         for epoch, value in enumerate(curve[:-1], start=1):  # after the last epoch nothing is saved
             trial.report(value, epoch)
@@ -183,6 +202,7 @@ def replay(args) -> dict:
         "prune_on": args.prune_on,
         "first_decision_epoch": args.warmup + 1,
         "reduction_factor": args.reduction_factor,
+        "prune_within": args.prune_within,
         "time_ratio": round(spent / full, 3),
         "complete": len(kept),
         "best_unpruned": best_full,
@@ -201,9 +221,7 @@ def reaction(args) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     trials = _recorded(args.curves)
     cfg = bench_config(args, Path("."), "", "reaction", "none", 1, fixed=False)
-    probe = optuna.create_study(direction="maximize")
-    suggest(probe.ask(), cfg)
-    distributions = probe.trials[0].distributions
+    distributions = _distributions(cfg)
     rows = []
     for n in range(cfg.startup_trials, len(trials) + 1):
         study = optuna.create_study(direction="maximize")
@@ -232,6 +250,49 @@ def reaction(args) -> dict:
     return {"bench": "reaction", "curves": str(args.curves), "param": args.param, "rows": rows}
 
 
+def compare(args) -> dict:
+    """A pruned study against its unpruned reference recorded at another time.
+
+    The trials both studies drew with identical parameters did the same work, so their times
+    give the host's speed difference; the reference's wall time is scaled by it. Epochs trained
+    give the same ratio without any clock.
+    """
+    reference, pruned = _recorded(args.curves), _recorded(args.pruned)
+    by_params = {json.dumps(t["params"], sort_keys=True): t for t in reference}
+    spent = same_work = 0.0
+    shared = []
+    for t in pruned:
+        ref = by_params.get(json.dumps(t["params"], sort_keys=True))
+        if ref is None or not t.get("seconds"):
+            continue
+        per_epoch = (ref["seconds"] - args.overhead) / ref["epochs_run"]
+        spent += t["seconds"] - args.overhead
+        same_work += t["epochs_run"] * per_epoch
+        shared.append(t["number"])
+    if not shared:
+        raise SystemExit(f"{args.pruned}: no trial shares its parameters with {args.curves}")
+    speed = spent / same_work
+    ref_study, pruned_study = (json.loads(p.read_text()) for p in (args.curves, args.pruned))
+    epochs = sum(t["epochs_run"] or 0 for t in pruned)
+    full = sum(t["epochs_run"] or 0 for t in reference)
+    best_ref, best = ref_study["best_value"], pruned_study["best_value"]
+    out = {
+        "bench": "compare",
+        "reference": str(args.curves),
+        "pruned": str(args.pruned),
+        "shared_trials": shared,
+        "host_speed_factor": round(speed, 3),
+        "time_ratio_raw": round(pruned_study["seconds"] / ref_study["seconds"], 3),
+        "time_ratio": round(pruned_study["seconds"] / (ref_study["seconds"] * speed), 3),
+        "epochs_ratio": round(epochs / full, 3),
+        "best_reference": best_ref,
+        "best": best,
+        "points": round(100 * (best - best_ref), 2),
+    }
+    print({k: v for k, v in out.items() if k not in ("reference", "pruned")}, file=sys.stderr)
+    return out
+
+
 def scaling(args) -> dict:
     script = ROOT / "scripts" / "postgres.sh"
     started = None
@@ -254,8 +315,11 @@ def scaling(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", choices=["pruning", "replay", "reaction", "scaling"])
-    ap.add_argument("curves", nargs="?", type=Path, help="replay/reaction: a `pruning --out` JSON")
+    ap.add_argument("bench", choices=["pruning", "replay", "reaction", "compare", "scaling"])
+    ap.add_argument(
+        "curves", nargs="?", type=Path, help="replay, reaction, compare: an unpruned study's JSON"
+    )
+    ap.add_argument("pruned", nargs="?", type=Path, help="compare: the pruned study's JSON")
     ap.add_argument("--overhead", type=float, default=8.0, help="replay: seconds per trial besides epochs")
     ap.add_argument("--param", default="label_scheme", help="reaction: the categorical parameter")
     ap.add_argument("--seeds", type=int, default=40, help="reaction: sampler seeds per step")
@@ -274,6 +338,7 @@ def main() -> None:
     ap.add_argument("--startup", type=int, default=4, help="random trials before TPE and pruning")
     ap.add_argument("--warmup", type=int, default=1, help="epochs no pruner judges (first decision: +1)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="asha/hyperband: 1 in f goes on")
+    ap.add_argument("--prune-within", default="", help="prune against trials of the same choice of this")
     ap.add_argument(
         "--lr-warmup", type=float, default=1.0, help="learning-rate warm-up epochs (the recipe's: 1)"
     )
@@ -285,9 +350,18 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     info["args"] = {k: str(v) for k, v in vars(args).items()}
-    if args.bench in ("replay", "reaction") and args.curves is None:
+    if args.bench in ("replay", "reaction", "compare") and args.curves is None:
         ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
-    bench = {"pruning": pruning, "replay": replay, "reaction": reaction, "scaling": scaling}[args.bench]
+    if args.bench == "compare" and args.pruned is None:
+        ap.error("compare needs the unpruned reference's JSON and the pruned study's JSON")
+    benches = {
+        "pruning": pruning,
+        "replay": replay,
+        "reaction": reaction,
+        "compare": compare,
+        "scaling": scaling,
+    }
+    bench = benches[args.bench]
     result = {**info, **bench(args)}
     result["load_after"] = [round(x, 1) for x in os.getloadavg()]
     text = json.dumps(result, indent=1, default=str)

@@ -345,6 +345,10 @@ def tune_cmd(
     reduction_factor: Annotated[
         int, typer.Option(help="asha/hyperband: 1 trial in this many goes on past each rung.")
     ] = 3,
+    prune_within: Annotated[
+        str,
+        typer.Option(help="label_scheme, width or batch_size: prune against trials of the same choice."),
+    ] = "",
     model: Annotated[str, typer.Option(help="ran, ran_fm, resnet or cnn.")] = "ran_fm",
     dataset: Annotated[
         Path, typer.Option(help="canonical dataset folder (Train only is read).")
@@ -379,6 +383,7 @@ def tune_cmd(
         startup_trials=startup_trials,
         warmup_epochs=warmup_epochs,
         reduction_factor=reduction_factor,
+        prune_within=prune_within,
         seed=seed,
         base=dataclasses.replace(base, model=model),
         experiment=experiment,

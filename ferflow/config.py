@@ -545,6 +545,11 @@ class TuneConfig:
     warmup_epochs: int = 1
     # ASHA/Hyperband: 1 in reduction_factor trials goes on past each rung
     reduction_factor: int = 3
+    # a categorical parameter of the space ("label_scheme", "width", "batch_size") or "": the
+    # pruner compares a trial only with the trials that drew the same choice. The three label
+    # schemes' curves differ in shape early on; compared across schemes, the first trials of a
+    # scheme get pruned and TPE then stops drawing it (docs/benchmarks.md, issue 5)
+    prune_within: str = ""
     seed: int = 42
     space: TuneSpace = field(default_factory=TuneSpace)
     base: TrainConfig = field(default_factory=lambda: TrainConfig(early_stopping_patience=0))

@@ -108,6 +108,51 @@ def make_sampler(cfg: TuneConfig, seed_offset: int = 0, parallel: bool = False):
 
 
 def make_pruner(cfg: TuneConfig):
+    """The pruner of ``cfg.pruner``; with ``cfg.prune_within`` it judges each choice apart."""
+    pruner = _base_pruner(cfg)
+    if not cfg.prune_within or PrunerName(cfg.pruner) is PrunerName.NONE:
+        return pruner
+    if cfg.prune_within not in _CATEGORICAL_PARAMS:
+        raise ValueError(
+            f"prune_within={cfg.prune_within!r}: not a categorical parameter of the search space; "
+            f"one of {list(_CATEGORICAL_PARAMS)} or ''"
+        )
+    if PrunerName(cfg.pruner) is PrunerName.HYPERBAND:  # its brackets read the storage directly
+        raise ValueError("prune_within works with the asha and median pruners, not hyperband")
+    return _per_choice_pruner_class()(pruner, cfg.prune_within)
+
+
+def _per_choice_pruner_class():
+    import optuna
+
+    class _Choice:
+        """The study as the pruner sees it: only the trials that drew ``value`` for ``param``."""
+
+        def __init__(self, study, param: str, value: Any) -> None:
+            self._study, self._param, self._value = study, param, value
+
+        def get_trials(self, deepcopy: bool = True, states=None):
+            trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+            return [t for t in trials if t.params.get(self._param) == self._value]
+
+        def __getattr__(self, name: str) -> Any:  # direction, _storage, ...: the real study's
+            return getattr(self._study, name)
+
+    class PerChoicePruner(optuna.pruners.BasePruner):
+        """``pruner``, applied among the trials that share the trial's choice of ``param``."""
+
+        def __init__(self, pruner, param: str) -> None:
+            self.pruner, self.param = pruner, param
+
+        def prune(self, study, trial) -> bool:
+            if self.param not in trial.params:
+                return self.pruner.prune(study, trial)
+            return self.pruner.prune(_Choice(study, self.param, trial.params[self.param]), trial)
+
+    return PerChoicePruner
+
+
+def _base_pruner(cfg: TuneConfig):
     import optuna
 
     name = PrunerName(cfg.pruner)

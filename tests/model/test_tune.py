@@ -390,3 +390,61 @@ def test_make_pruner_builds_each_named_pruner() -> None:
     assert isinstance(median, optuna.pruners.MedianPruner)
     # steps are epochs completed: 2 warm-up epochs means step 3 is the first one it may prune
     assert median._n_warmup_steps == 3
+
+
+@pytest.mark.parametrize("name", ["asha", "median"])
+def test_prune_within_judges_each_label_scheme_apart(name: str) -> None:
+    """A label scheme whose curves start lower is pruned when judged against the others; with
+    ``prune_within`` its first trial runs on (it has no peers yet) and its weaker second trial is
+    judged against that one only."""
+    from ferflow.tune import make_pruner
+
+    space = TuneSpace(label_scheme=(LabelScheme.PROBABILITY, LabelScheme.CROSSENTROPY))
+    scheme = optuna.distributions.CategoricalDistribution([s.value for s in space.label_scheme])
+    trials = [("probability", 0.60), ("probability", 0.62), ("probability", 0.64)]
+    trials += [("crossentropy", 0.45), ("crossentropy", 0.40)]
+
+    def stopped_at(within: str) -> list[int | None]:
+        """The epoch each trial is stopped at (None: it ran all 9)."""
+        cfg = TuneConfig(
+            pruner=PrunerName(name),
+            epochs=9,
+            warmup_epochs=1,
+            startup_trials=1,
+            space=space,
+            prune_within=within,
+        )
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+        out: list[int | None] = []
+        for label, top in trials:
+            study.enqueue_trial({"label_scheme": label})
+            trial = study.ask({"label_scheme": scheme})
+            assert trial.params["label_scheme"] == label
+            curve = [top - 0.2 * (9 - e) / 9 for e in range(1, 10)]
+            for epoch, value in enumerate(curve[:-1], start=1):
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    study.tell(trial, state=State.PRUNED)
+                    out.append(epoch)
+                    break
+            else:
+                study.tell(trial, max(curve))
+                out.append(None)
+        return out
+
+    across, within = stopped_at(""), stopped_at("label_scheme")
+    assert across[3:] == [2, 2]  # both crossentropy trials, at the first decision
+    assert within[3] is None and within[4] == 2
+    assert within[:3] == across[:3]  # the probability trials see the same peers either way
+
+
+def test_prune_within_rejects_what_it_cannot_do() -> None:
+    from ferflow.tune import make_pruner
+
+    with pytest.raises(ValueError, match="not a categorical parameter"):
+        make_pruner(TuneConfig(pruner=PrunerName.ASHA, prune_within="learning_rate"))
+    with pytest.raises(ValueError, match="hyperband"):
+        make_pruner(TuneConfig(pruner=PrunerName.HYPERBAND, prune_within="label_scheme"))
+    assert isinstance(
+        make_pruner(TuneConfig(pruner=PrunerName.NONE, prune_within="width")), optuna.pruners.NopPruner
+    )
