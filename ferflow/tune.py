@@ -291,7 +291,17 @@ class _Tracker:
         )
         run_id = run.info.run_id
         space = {f"space.{k}": json.dumps(v) for k, v in _jsonable(asdict(cfg.space)).items()}
-        self.log_params(run_id, {**space, "epochs_per_trial": cfg.epochs, "subset": cfg.subset})
+        # how trials were cut short: pruned studies are only comparable under the same settings
+        pruning = {
+            "pruner": PrunerName(cfg.pruner).value,
+            "prune_on": PruneSignal(cfg.prune_on).value,
+            "prune_within": cfg.prune_within or "none",
+            "warmup_epochs": cfg.warmup_epochs,
+            "reduction_factor": cfg.reduction_factor,
+            "startup_trials": cfg.startup_trials,
+            "seed": cfg.seed,
+        }
+        self.log_params(run_id, {**space, **pruning, "epochs_per_trial": cfg.epochs, "subset": cfg.subset})
         study.set_user_attr(PARENT_RUN_ATTR, run_id)
         return run_id
 
@@ -659,6 +669,7 @@ def run_study(
             f"study {cfg.study!r} in {redact(cfg.storage_url)}: {len(study.trials)} trials so far; adding "
             f"{cfg.trials} on {cfg.workers} worker(s), {cfg.epochs} epochs each, "
             f"pruner {PrunerName(cfg.pruner).value}"
+            + (f" within {cfg.prune_within}" if cfg.prune_within else "")
             + (f", subset {cfg.subset} images" if cfg.subset else ""),
             flush=True,
         )

@@ -126,6 +126,8 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
     assert result.best_trial in (0, 1)
     tags = mlflow_sqlite.get_run(parent).data.tags
     assert tags["optuna.storage"].startswith("sqlite:///") and tags["best.learning_rate"]
+    params = mlflow_sqlite.get_run(parent).data.params
+    assert (params["pruner"], params["prune_on"], params["prune_within"]) == ("median", "accuracy", "none")
 
 
 def test_new_study_starts_with_the_untuned_baseline_and_reports_the_gain(
