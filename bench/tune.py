@@ -134,12 +134,12 @@ def pruning(args) -> dict:
     return {"bench": "pruning", "pruner": args.pruner, **out}
 
 
-def _recorded(path: Path) -> list[dict]:
-    """The per-trial curves of an earlier ``pruning --out`` JSON."""
-    trials = json.loads(path.read_text()).get("per_trial")
-    if not trials:
+def _recorded(path: Path) -> dict:
+    """An earlier ``pruning --out`` JSON, checked to hold its per-trial curves."""
+    study = json.loads(path.read_text())
+    if not study.get("per_trial"):
         raise SystemExit(f"{path}: no per_trial curves (write one with `bench/tune.py pruning --out`)")
-    return trials
+    return study
 
 
 def _distributions(cfg) -> dict:
@@ -161,7 +161,7 @@ def replay(args) -> dict:
     from ferflow.tune import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    trials = _recorded(args.curves)
+    trials = _recorded(args.curves)["per_trial"]
     incomplete = [t["number"] for t in trials if t["state"] != "COMPLETE"]
     if incomplete:
         raise SystemExit(f"{args.curves}: trials {incomplete} stopped early; replay needs an unpruned study")
@@ -185,14 +185,14 @@ def replay(args) -> dict:
             if trial.should_prune():
                 ran = epoch
                 break
-        if ran == epochs:
+        complete = ran == epochs
+        if complete:
             replayed.tell(trial, t["value"])
         else:
             replayed.tell(trial, state=optuna.trial.TrialState.PRUNED)
         spent += args.overhead + ran * per_epoch
         full += t["seconds"]
-        value = t["value"] if ran == epochs else None
-        rows.append({"number": t["number"], "epochs_run": ran, "value": value})
+        rows.append({"number": t["number"], "epochs_run": ran, "value": t["value"] if complete else None})
     kept = [r["value"] for r in rows if r["value"] is not None]
     best_full = max(t["value"] for t in trials)
     return {
@@ -219,7 +219,7 @@ def reaction(args) -> dict:
     from ferflow.tune import make_sampler, suggest
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    trials = _recorded(args.curves)
+    trials = _recorded(args.curves)["per_trial"]
     cfg = bench_config(args, Path("."), "", "reaction", "none", 1, fixed=False)
     distributions = _distributions(cfg)
     rows = []
@@ -257,7 +257,8 @@ def compare(args) -> dict:
     give the host's speed difference; the reference's wall time is scaled by it. Epochs trained
     give the same ratio without any clock.
     """
-    reference, pruned = _recorded(args.curves), _recorded(args.pruned)
+    ref_study, pruned_study = _recorded(args.curves), _recorded(args.pruned)
+    reference, pruned = ref_study["per_trial"], pruned_study["per_trial"]
     by_params = {json.dumps(t["params"], sort_keys=True): t for t in reference}
     spent = same_work = 0.0
     shared = []
@@ -272,7 +273,6 @@ def compare(args) -> dict:
     if not shared:
         raise SystemExit(f"{args.pruned}: no trial shares its parameters with {args.curves}")
     speed = spent / same_work
-    ref_study, pruned_study = (json.loads(p.read_text()) for p in (args.curves, args.pruned))
     epochs = sum(t["epochs_run"] or 0 for t in pruned)
     full = sum(t["epochs_run"] or 0 for t in reference)
     best_ref, best = ref_study["best_value"], pruned_study["best_value"]

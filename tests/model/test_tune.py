@@ -356,27 +356,30 @@ def test_pruning_callback_reports_epochs_done_and_never_prunes_the_last_epoch(ep
     assert getattr(report.model, "stop_training", False) is (pruned_at is not None)
 
 
+def stopped_at(study, curve: list[float], fixed: dict | None = None) -> int | None:
+    """Run one trial of ``study`` that reports ``curve`` (``fixed``: enqueued params, with their
+    distributions); the epoch the pruner stops it at, or None if it completes."""
+    if fixed:
+        study.enqueue_trial({name: value for name, (value, _) in fixed.items()})
+    trial = study.ask({name: dist for name, (_, dist) in (fixed or {}).items()})
+    for epoch, value in enumerate(curve, start=1):
+        trial.report(value, epoch)
+        if trial.should_prune():
+            study.tell(trial, state=State.PRUNED)
+            return epoch
+    study.tell(trial, max(curve))
+    return None
+
+
 def test_asha_judges_first_after_the_warm_up_epochs() -> None:
     """A collapsed trial (the high-lr dip) survives warmup_epochs + 1 epochs, then is pruned."""
     from ferflow.tune import make_pruner
 
     cfg = TuneConfig(pruner=PrunerName.ASHA, epochs=9, warmup_epochs=2)
     study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
-
-    def run(curve: list[float]) -> int | None:
-        """Report ``curve``; the epoch the pruner stops it at, or None if it completes."""
-        trial = study.ask()
-        for epoch, value in enumerate(curve, start=1):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return epoch
-        study.tell(trial, max(curve))
-        return None
-
     for top in (0.60, 0.62, 0.64, 0.66):
-        assert run([top - 0.1 * (9 - e) / 9 for e in range(1, 10)]) is None
-    assert run([0.10] * 9) == 3
+        assert stopped_at(study, [top - 0.1 * (9 - e) / 9 for e in range(1, 10)]) is None
+    assert stopped_at(study, [0.10] * 9) == 3
 
 
 def test_make_pruner_builds_each_named_pruner() -> None:
@@ -406,7 +409,7 @@ def test_prune_within_judges_each_label_scheme_apart(name: str) -> None:
     trials = [("probability", 0.60), ("probability", 0.62), ("probability", 0.64)]
     trials += [("crossentropy", 0.45), ("crossentropy", 0.40)]
 
-    def stopped_at(within: str) -> list[int | None]:
+    def run(within: str) -> list[int | None]:
         """The epoch each trial is stopped at (None: it ran all 9)."""
         cfg = TuneConfig(
             pruner=PrunerName(name),
@@ -417,24 +420,16 @@ def test_prune_within_judges_each_label_scheme_apart(name: str) -> None:
             prune_within=within,
         )
         study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
-        out: list[int | None] = []
-        for label, top in trials:
-            study.enqueue_trial({"label_scheme": label})
-            trial = study.ask({"label_scheme": scheme})
-            assert trial.params["label_scheme"] == label
-            curve = [top - 0.2 * (9 - e) / 9 for e in range(1, 10)]
-            for epoch, value in enumerate(curve[:-1], start=1):
-                trial.report(value, epoch)
-                if trial.should_prune():
-                    study.tell(trial, state=State.PRUNED)
-                    out.append(epoch)
-                    break
-            else:
-                study.tell(trial, max(curve))
-                out.append(None)
+        out = [
+            stopped_at(
+                study, [top - 0.2 * (9 - e) / 9 for e in range(1, 10)], {"label_scheme": (label, scheme)}
+            )
+            for label, top in trials
+        ]
+        assert [t.params["label_scheme"] for t in study.trials] == [label for label, _ in trials]
         return out
 
-    across, within = stopped_at(""), stopped_at("label_scheme")
+    across, within = run(""), run("label_scheme")
     assert across[3:] == [2, 2]  # both crossentropy trials, at the first decision
     assert within[3] is None and within[4] == 2
     assert within[:3] == across[:3]  # the probability trials see the same peers either way
