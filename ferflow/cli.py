@@ -349,6 +349,10 @@ def tune_cmd(
         str,
         typer.Option(help="label_scheme, width or batch_size: prune against trials of the same choice."),
     ] = "",
+    horizon_correction: Annotated[
+        bool,
+        typer.Option(help="judge trials by accuracy plus the later gain their learning rate predicts."),
+    ] = False,
     model: Annotated[str, typer.Option(help="ran, ran_fm, resnet or cnn.")] = "ran_fm",
     dataset: Annotated[
         Path, typer.Option(help="canonical dataset folder (Train only is read).")
@@ -384,6 +388,7 @@ def tune_cmd(
         warmup_epochs=warmup_epochs,
         reduction_factor=reduction_factor,
         prune_within=prune_within,
+        horizon_correction=horizon_correction,
         seed=seed,
         base=dataclasses.replace(base, model=model),
         experiment=experiment,

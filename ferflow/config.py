@@ -550,6 +550,12 @@ class TuneConfig:
     # schemes' curves differ in shape early on; compared across schemes, the first trials of a
     # scheme get pruned and TPE then stops drawing it (docs/benchmarks.md, issue 5)
     prune_within: str = ""
+    # asha/median: judge each trial by its tuning accuracy plus the gain a trial with its
+    # learning rate went on to make from that epoch to its end, a line in log(learning rate)
+    # fitted on the study's complete trials. Early accuracy favours low rates that stall and
+    # prunes the high rates that end best (short-horizon bias); the pruner waits for
+    # startup_trials complete trials to fit the line (docs/benchmarks.md, issue 5)
+    horizon_correction: bool = False
     seed: int = 42
     space: TuneSpace = field(default_factory=TuneSpace)
     base: TrainConfig = field(default_factory=lambda: TrainConfig(early_stopping_patience=0))

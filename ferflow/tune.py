@@ -108,9 +108,19 @@ def make_sampler(cfg: TuneConfig, seed_offset: int = 0, parallel: bool = False):
 
 
 def make_pruner(cfg: TuneConfig):
-    """The pruner of ``cfg.pruner``; with ``cfg.prune_within`` it judges each choice apart."""
-    pruner = _base_pruner(cfg)
-    if not cfg.prune_within or PrunerName(cfg.pruner) is PrunerName.NONE:
+    """The pruner of ``cfg.pruner``; with ``cfg.prune_within`` it judges each choice apart, with
+    ``cfg.horizon_correction`` it judges horizon-corrected accuracy."""
+    name = PrunerName(cfg.pruner)
+    if cfg.horizon_correction and name is PrunerName.HYPERBAND:
+        raise ValueError("horizon_correction works with the asha and median pruners, not hyperband")
+    if cfg.horizon_correction and PruneSignal(cfg.prune_on) is not PruneSignal.ACCURACY:
+        raise ValueError("horizon_correction corrects tuning accuracy: it needs prune_on='accuracy'")
+    if cfg.horizon_correction and name is not PrunerName.NONE:
+        first = cfg.warmup_epochs + 1
+        pruner = _horizon_pruner_class()(name, first, cfg.reduction_factor, max(2, cfg.startup_trials))
+    else:
+        pruner = _base_pruner(cfg)
+    if not cfg.prune_within or name is PrunerName.NONE:
         return pruner
     if cfg.prune_within not in _CATEGORICAL_PARAMS:
         raise ValueError(
@@ -150,6 +160,77 @@ def _per_choice_pruner_class():
             return self.pruner.prune(_Choice(study, self.param, trial.params[self.param]), trial)
 
     return PerChoicePruner
+
+
+def horizon_slope(complete: Sequence[Any], step: int) -> float:
+    """Least-squares slope of (final value - value at ``step``) on log(learning rate)."""
+    pairs = [
+        (math.log(t.params["learning_rate"]), t.value - t.intermediate_values[step])
+        for t in complete
+        if step in t.intermediate_values and t.params.get("learning_rate", 0) > 0
+    ]
+    if len(pairs) < 2:
+        return 0.0
+    x, gain = np.array(pairs).T
+    spread = float(np.var(x))
+    return float(np.mean((x - x.mean()) * (gain - gain.mean())) / spread) if spread > 1e-12 else 0.0
+
+
+def _horizon_pruner_class():
+    import optuna
+
+    State = optuna.trial.TrialState
+
+    class HorizonCorrectedPruner(optuna.pruners.BasePruner):
+        """Successive halving (``asha``) or median pruning on horizon-corrected accuracy.
+
+        At epoch ``step`` a trial counts as ``value(step) + slope(step) * log(learning_rate)``,
+        the slope fitted by :func:`horizon_slope` on the complete trials: what trials with its
+        learning rate went on to gain. No trial is pruned before ``min_complete`` trials have
+        completed. ``asha`` judges at epochs first, first * factor, ...: a trial goes on if it
+        is among the best n // factor of the n trials scored there (the best while n < factor),
+        Optuna's successive-halving rule; ``median`` judges every epoch from ``first`` on.
+        """
+
+        def __init__(self, rule: PrunerName, first: int, factor: int, min_complete: int) -> None:
+            self.rule, self.first, self.factor, self.min_complete = rule, first, max(2, factor), min_complete
+
+        def _judged(self, step: int) -> bool:
+            if step < self.first:
+                return False
+            if self.rule is PrunerName.MEDIAN:
+                return True
+            rung = self.first
+            while rung < step:
+                rung *= self.factor
+            return rung == step
+
+        def prune(self, study, trial) -> bool:
+            step = trial.last_step
+            if step is None or not self._judged(step):
+                return False
+            trials = study.get_trials(deepcopy=False)
+            complete = [t for t in trials if t.state == State.COMPLETE and step in t.intermediate_values]
+            if len(complete) < self.min_complete:
+                return False
+            slope = horizon_slope(complete, step)
+
+            def corrected(t) -> float:
+                lr = t.params.get("learning_rate", 0)
+                return t.intermediate_values[step] + (slope * math.log(lr) if lr > 0 else 0.0)
+
+            mine = corrected(trial)
+            peers = [
+                corrected(t) for t in trials if t.number != trial.number and step in t.intermediate_values
+            ]
+            if not math.isfinite(mine):
+                return True
+            if self.rule is PrunerName.MEDIAN:
+                return bool(peers) and mine < float(np.median(peers))
+            ranked = sorted([*peers, mine], reverse=True)
+            return mine < ranked[max(1, len(ranked) // self.factor) - 1]
+
+    return HorizonCorrectedPruner
 
 
 def _base_pruner(cfg: TuneConfig):
@@ -298,6 +379,7 @@ class _Tracker:
             "prune_within": cfg.prune_within or "none",
             "warmup_epochs": cfg.warmup_epochs,
             "reduction_factor": cfg.reduction_factor,
+            "horizon_correction": cfg.horizon_correction,
             "startup_trials": cfg.startup_trials,
             "seed": cfg.seed,
         }
@@ -670,6 +752,7 @@ def run_study(
             f"{cfg.trials} on {cfg.workers} worker(s), {cfg.epochs} epochs each, "
             f"pruner {PrunerName(cfg.pruner).value}"
             + (f" within {cfg.prune_within}" if cfg.prune_within else "")
+            + (", horizon-corrected" if cfg.horizon_correction else "")
             + (f", subset {cfg.subset} images" if cfg.subset else ""),
             flush=True,
         )

@@ -8,6 +8,7 @@ this runs as root); MLflow uses the same server as its backend store in that tes
 
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -128,6 +129,7 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
     assert tags["optuna.storage"].startswith("sqlite:///") and tags["best.learning_rate"]
     params = mlflow_sqlite.get_run(parent).data.params
     assert (params["pruner"], params["prune_on"], params["prune_within"]) == ("median", "accuracy", "none")
+    assert params["horizon_correction"] == "False"
 
 
 def test_new_study_starts_with_the_untuned_baseline_and_reports_the_gain(
@@ -445,3 +447,63 @@ def test_prune_within_rejects_what_it_cannot_do() -> None:
     assert isinstance(
         make_pruner(TuneConfig(pruner=PrunerName.NONE, prune_within="width")), optuna.pruners.NopPruner
     )
+
+
+def test_horizon_correction_keeps_the_slow_starting_high_learning_rate() -> None:
+    """Low rates lead early and stall; high rates start slow and end best (short-horizon bias).
+    Given complete trials showing that, plain ASHA prunes the next high-rate trial at the first
+    rung; horizon-corrected ASHA keeps it, and still prunes a high-rate trial that stays hopeless
+    after the gain its rate predicts."""
+    from ferflow.tune import horizon_slope, make_pruner
+
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+
+    def curve(start: float, end: float) -> list[float]:  # epoch 2 = start, linear to end at 6
+        return [start - 0.05, start, *(start + (end - start) * k / 4 for k in range(1, 5))]
+
+    def run(horizon: bool) -> list[int | None]:
+        cfg = TuneConfig(
+            pruner=PrunerName.ASHA,
+            epochs=6,
+            warmup_epochs=1,
+            reduction_factor=4,  # rungs at epochs 2 and 8: one decision in these 6 epochs
+            startup_trials=4,
+            horizon_correction=horizon,
+        )
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+        # the history, each trial the leader at epoch 2 when it gets there: none is pruned
+        for rate, start, end in [
+            (1e-2, 0.40, 0.70),
+            (3e-3, 0.44, 0.66),
+            (1e-3, 0.48, 0.62),
+            (3e-4, 0.50, 0.58),
+        ]:
+            assert stopped_at(study, curve(start, end), {"learning_rate": (rate, lr)}) is None
+        # what a 10x higher rate went on to gain after epoch 2: ln(10) * slope
+        assert horizon_slope(study.trials, 2) * math.log(10) == pytest.approx(0.145, abs=0.005)
+        return [
+            stopped_at(study, curve(start, 0.72), {"learning_rate": (1e-2, lr)}) for start in (0.42, 0.30)
+        ]
+
+    assert run(horizon=False) == [2, 2]
+    assert run(horizon=True) == [None, 2]
+
+
+def test_horizon_correction_waits_for_complete_trials_and_refuses_what_it_cannot_do() -> None:
+    from ferflow.tune import horizon_slope, make_pruner
+
+    cfg = TuneConfig(
+        pruner=PrunerName.ASHA, epochs=6, warmup_epochs=1, startup_trials=3, horizon_correction=True
+    )
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    # until 3 trials have completed there is no slope to fit, and nothing is pruned
+    for top in (0.6, 0.2, 0.1):
+        assert stopped_at(study, [top] * 6, {"learning_rate": (1e-3, lr)}) is None
+    assert stopped_at(study, [0.05] * 6, {"learning_rate": (1e-3, lr)}) == 2
+    assert horizon_slope(study.get_trials(states=(State.COMPLETE,)), 2) == 0.0  # one rate: no slope
+
+    with pytest.raises(ValueError, match="hyperband"):
+        make_pruner(replace(cfg, pruner=PrunerName.HYPERBAND))
+    with pytest.raises(ValueError, match="prune_on='accuracy'"):
+        make_pruner(replace(cfg, prune_on=PruneSignal.LOSS))
