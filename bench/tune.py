@@ -13,6 +13,12 @@ seconds per epoch. It answers "which trials would this pruner have kept, and for
 recorded study's first n trials (pruned ones included): the share of 40 sampler seeds per choice.
 It shows how pruning a choice's first trials steers the sampler away from it.
 
+``simulate``: whole studies with the sampler in the loop, on a surrogate built from recorded
+unpruned studies: each trial TPE draws is given the curve of the nearest recorded trial (same
+label scheme; distance in the normalised space, the learning rate weighted most) plus seeded
+noise. For each of ``--seeds`` sampler seeds it runs the study unpruned and with the pruner,
+and reports how often both targets hold; it shows how far one pair of real runs is luck.
+
 ``compare``: a pruned study against its unpruned reference recorded at another time, with the
 host's speed difference taken from the trials both drew with identical parameters.
 
@@ -29,6 +35,7 @@ ten minutes on two shared cores; ``valid`` (the test set) is never read. Usage::
     .venv/bin/python bench/tune.py replay bench/results/tune/none_s42.json --pruner asha --warmup 3
     .venv/bin/python bench/tune.py reaction bench/results/tune/asha_loss_s42.json
     .venv/bin/python bench/tune.py compare bench/results/tune/{none_s43,within_asha_s43}.json
+    .venv/bin/python bench/tune.py simulate bench/results/tune/none_s4{2,3}.json --pruner asha
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 1
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 2
 """
@@ -87,6 +94,7 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
         warmup_epochs=args.warmup,
         reduction_factor=args.reduction_factor,
         prune_within=args.prune_within,
+        horizon_correction=args.horizon_correction,
         seed=args.seed,
         base=base,
         space=space,
@@ -250,6 +258,128 @@ def reaction(args) -> dict:
     return {"bench": "reaction", "curves": str(args.curves), "param": args.param, "rows": rows}
 
 
+# simulate: the surrogate's distance weights (numeric parameters, over their normalised range;
+# a different width or batch size adds 0.5) and its noise, in accuracy (0-1): a per-trial
+# offset and a per-epoch wobble, about the spread of nearby configurations' recorded curves
+_SURROGATE_WEIGHTS = {
+    "learning_rate": 1.0,
+    "weight_decay": 0.3,
+    "dropout": 0.3,
+    "erase_prob": 0.1,
+    "rotation_deg": 0.1,
+    "rb_margin": 0.1,
+}
+_SURROGATE_NOISE = (0.004, 0.01)
+
+
+def _nearest(pool: list[dict], params: dict, space) -> dict:
+    """The recorded trial closest to ``params`` among those with its label scheme."""
+    import math
+
+    def spread(name: str) -> tuple[float, float, bool]:
+        lo, hi = getattr(space, name)
+        log = name in ("learning_rate", "weight_decay")
+        return (math.log(lo), math.log(hi), True) if log else (lo, hi, False)
+
+    def distance(t: dict) -> float:
+        other = t["params"]
+        d = 0.5 * (other["width"] != params["width"]) + 0.5 * (other["batch_size"] != params["batch_size"])
+        for name, weight in _SURROGATE_WEIGHTS.items():
+            lo, hi, log = spread(name)
+            a, b = (math.log(params[name]), math.log(other[name])) if log else (params[name], other[name])
+            d += weight * abs(a - b) / max(hi - lo, 1e-12)
+        return d
+
+    same = [t for t in pool if t["params"]["label_scheme"] == params["label_scheme"]]
+    if not same:  # a scheme no recorded trial drew: the nearest of any scheme
+        same = pool
+    return min(same, key=distance)
+
+
+def _simulated_study(cfg, pool: list[dict], overhead: float) -> tuple[float, float]:
+    """One seeded study on the surrogate: (seconds, best value)."""
+    import random
+
+    import optuna
+
+    from ferflow.tune import baseline_params, make_pruner, make_sampler, suggest
+
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg), pruner=make_pruner(cfg))
+    study.enqueue_trial(baseline_params(cfg))  # as create_study does for a new study
+    spent = 0.0
+    for number in range(cfg.trials):
+        trial = study.ask()
+        recorded = _nearest(pool, suggest(trial, cfg), cfg.space)
+        rng = random.Random(cfg.seed * 1000 + number)
+        offset = rng.gauss(0, _SURROGATE_NOISE[0])
+        curve = [v + offset + rng.gauss(0, _SURROGATE_NOISE[1]) for v in recorded["curve"]]
+        ran = len(curve)
+        for epoch, value in enumerate(curve[:-1], start=1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                ran = epoch
+                break
+        spent += overhead + ran * (recorded["seconds"] - overhead) / len(curve)
+        if ran == len(curve):
+            study.tell(trial, max(curve))
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return spent, study.best_value
+
+
+def simulate(args) -> dict:
+    """Pruned vs unpruned studies on the recorded-curve surrogate, over many sampler seeds."""
+    import statistics
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    pool = [t for path in (args.curves, args.pruned) if path for t in _recorded(path)["per_trial"]]
+    pool = [t for t in pool if t["state"] == "COMPLETE"]
+    args.epochs = len(pool[0]["curve"])
+    rows = []
+    for seed in range(args.seeds):
+        args.seed = seed
+        ref = bench_config(args, Path("."), "", "simulate", "none", 1, fixed=False)
+        pruned = bench_config(args, Path("."), "", "simulate", args.pruner, 1, fixed=False)
+        (t0, b0), (t1, b1) = (
+            _simulated_study(ref, pool, args.overhead),
+            _simulated_study(pruned, pool, args.overhead),
+        )
+        rows.append(
+            {
+                "seed": seed,
+                "best_unpruned": round(b0, 4),
+                "best": round(b1, 4),
+                "time_ratio": round(t1 / t0, 3),
+                "points": round(100 * (b1 - b0), 2),
+            }
+        )
+    ratios, points = [r["time_ratio"] for r in rows], [r["points"] for r in rows]
+    summary = {
+        "seeds": args.seeds,
+        "both_targets": sum(r < 0.5 and p > -1 for r, p in zip(ratios, points, strict=True)),
+        "time_target": sum(r < 0.5 for r in ratios),
+        "points_target": sum(p > -1 for p in points),
+        "time_ratio_median": round(statistics.median(ratios), 3),
+        "points_median": round(statistics.median(points), 2),
+        "points_mean": round(statistics.mean(points), 2),
+        "best_unpruned_sd_points": round(100 * statistics.stdev(r["best_unpruned"] for r in rows), 2),
+    }
+    print(summary, file=sys.stderr)
+    return {
+        "bench": "simulate",
+        "pool": [str(args.curves), str(args.pruned)],
+        "pruner": args.pruner,
+        "horizon_correction": args.horizon_correction,
+        "first_decision_epoch": args.warmup + 1,
+        "reduction_factor": args.reduction_factor,
+        "prune_within": args.prune_within,
+        "summary": summary,
+        "per_seed": rows,
+    }
+
+
 def compare(args) -> dict:
     """A pruned study against its unpruned reference recorded at another time.
 
@@ -315,14 +445,19 @@ def scaling(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", choices=["pruning", "replay", "reaction", "compare", "scaling"])
+    ap.add_argument("bench", choices=["pruning", "replay", "reaction", "compare", "simulate", "scaling"])
     ap.add_argument(
         "curves", nargs="?", type=Path, help="replay, reaction, compare: an unpruned study's JSON"
     )
-    ap.add_argument("pruned", nargs="?", type=Path, help="compare: the pruned study's JSON")
+    ap.add_argument(
+        "pruned",
+        nargs="?",
+        type=Path,
+        help="compare: the pruned study's JSON; simulate: another study for the surrogate",
+    )
     ap.add_argument("--overhead", type=float, default=8.0, help="replay: seconds per trial besides epochs")
     ap.add_argument("--param", default="label_scheme", help="reaction: the categorical parameter")
-    ap.add_argument("--seeds", type=int, default=40, help="reaction: sampler seeds per step")
+    ap.add_argument("--seeds", type=int, default=40, help="reaction: seeds per step; simulate: studies")
     ap.add_argument("--dataset", type=Path, default=ROOT / "artifacts" / "canonical")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--subset", type=int, default=2000, help="training images per trial")
@@ -338,6 +473,9 @@ def main() -> None:
     ap.add_argument("--startup", type=int, default=4, help="random trials before TPE and pruning")
     ap.add_argument("--warmup", type=int, default=1, help="epochs no pruner judges (first decision: +1)")
     ap.add_argument("--reduction-factor", type=int, default=3, help="asha/hyperband: 1 in f goes on")
+    ap.add_argument(
+        "--horizon-correction", action="store_true", help="judge accuracy plus the learning rate's later gain"
+    )
     ap.add_argument("--prune-within", default="", help="prune against trials of the same choice of this")
     ap.add_argument(
         "--lr-warmup", type=float, default=1.0, help="learning-rate warm-up epochs (the recipe's: 1)"
@@ -350,7 +488,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     info["args"] = {k: str(v) for k, v in vars(args).items()}
-    if args.bench in ("replay", "reaction", "compare") and args.curves is None:
+    if args.bench in ("replay", "reaction", "compare", "simulate") and args.curves is None:
         ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
     if args.bench == "compare" and args.pruned is None:
         ap.error("compare needs the unpruned reference's JSON and the pruned study's JSON")
@@ -359,6 +497,7 @@ def main() -> None:
         "replay": replay,
         "reaction": reaction,
         "compare": compare,
+        "simulate": simulate,
         "scaling": scaling,
     }
     bench = benches[args.bench]
