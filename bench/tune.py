@@ -162,6 +162,21 @@ def _distributions(cfg) -> dict:
     return trial.distributions
 
 
+def _play(study, trial, curve: list[float], value: float) -> int:
+    """Report ``curve`` epoch by epoch until the pruner stops the trial; tell the study how it
+    ended (``value`` if it completed). Returns the epochs run. The last epoch is never judged:
+    stopping after it saves nothing, as in ``ferflow tune``."""
+    import optuna
+
+    for epoch, reported in enumerate(curve[:-1], start=1):
+        trial.report(reported, epoch)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, value)
+    return len(curve)
+
+
 def replay(args) -> dict:
     """Optuna's pruner over recorded curves; time relative to running every trial to the end."""
     import optuna
@@ -187,17 +202,8 @@ def replay(args) -> dict:
         per_epoch = (t["seconds"] - args.overhead) / epochs
         replayed.enqueue_trial(t["params"])
         trial = replayed.ask(distributions)  # the recorded params (a per-choice pruner reads them)
-        ran = epochs
-        for epoch, value in enumerate(curve[:-1], start=1):  # after the last epoch nothing is saved
-            trial.report(value, epoch)
-            if trial.should_prune():
-                ran = epoch
-                break
+        ran = _play(replayed, trial, curve, t["value"])
         complete = ran == epochs
-        if complete:
-            replayed.tell(trial, t["value"])
-        else:
-            replayed.tell(trial, state=optuna.trial.TrialState.PRUNED)
         spent += args.overhead + ran * per_epoch
         full += t["seconds"]
         rows.append({"number": t["number"], "epochs_run": ran, "value": t["value"] if complete else None})
@@ -313,17 +319,8 @@ def _simulated_study(cfg, pool: list[dict], overhead: float) -> tuple[float, flo
         rng = random.Random(cfg.seed * 1000 + number)
         offset = rng.gauss(0, _SURROGATE_NOISE[0])
         curve = [v + offset + rng.gauss(0, _SURROGATE_NOISE[1]) for v in recorded["curve"]]
-        ran = len(curve)
-        for epoch, value in enumerate(curve[:-1], start=1):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                ran = epoch
-                break
+        ran = _play(study, trial, curve, max(curve))
         spent += overhead + ran * (recorded["seconds"] - overhead) / len(curve)
-        if ran == len(curve):
-            study.tell(trial, max(curve))
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return spent, study.best_value
 
 

@@ -127,7 +127,7 @@ def make_pruner(cfg: TuneConfig):
             f"prune_within={cfg.prune_within!r}: not a categorical parameter of the search space; "
             f"one of {list(_CATEGORICAL_PARAMS)} or ''"
         )
-    if PrunerName(cfg.pruner) is PrunerName.HYPERBAND:  # its brackets read the storage directly
+    if name is PrunerName.HYPERBAND:  # its brackets read the storage directly
         raise ValueError("prune_within works with the asha and median pruners, not hyperband")
     return _per_choice_pruner_class()(pruner, cfg.prune_within)
 
