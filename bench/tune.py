@@ -19,6 +19,10 @@ label scheme; distance in the normalised space, the learning rate weighted most)
 noise. For each of ``--seeds`` sampler seeds it runs the study unpruned and with the pruner,
 and reports how often both targets hold; it shows how far one pair of real runs is luck.
 
+``horizon``: on an unpruned study's curves, the Spearman correlation of each epoch's accuracy with
+the final value, raw and horizon-corrected as ``--horizon-correction`` does (each trial's slope
+fitted on the other trials: leave one out).
+
 ``compare``: a pruned study against its unpruned reference recorded at another time, with the
 host's speed difference taken from the trials both drew with identical parameters.
 
@@ -36,6 +40,7 @@ ten minutes on two shared cores; ``valid`` (the test set) is never read. Usage::
     .venv/bin/python bench/tune.py reaction bench/results/tune/asha_loss_s42.json
     .venv/bin/python bench/tune.py compare bench/results/tune/{none_s43,within_asha_s43}.json
     .venv/bin/python bench/tune.py simulate bench/results/tune/none_s4{2,3}.json --pruner asha
+    .venv/bin/python bench/tune.py horizon bench/results/tune/none_s42.json
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 1
     .venv/bin/python bench/tune.py scaling --trials 8 --workers 2
 """
@@ -377,6 +382,42 @@ def simulate(args) -> dict:
     }
 
 
+def horizon(args) -> dict:
+    """Rank correlation of the accuracy at each early epoch with the final value, raw and corrected."""
+    import math
+    from types import SimpleNamespace
+
+    from scipy.stats import spearmanr
+
+    from ferflow.tune import horizon_slope
+
+    trials = [
+        SimpleNamespace(
+            params=t["params"], value=t["value"], intermediate_values=dict(enumerate(t["curve"], start=1))
+        )
+        for t in _recorded(args.curves)["per_trial"]
+        if t["state"] == "COMPLETE"
+    ]
+    finals = [t.value for t in trials]
+    rows = []
+    for epoch in range(1, args.epochs + 1):
+        raw = [t.intermediate_values[epoch] for t in trials]
+        corrected = [
+            t.intermediate_values[epoch]
+            + horizon_slope([o for o in trials if o is not t], epoch) * math.log(t.params["learning_rate"])
+            for t in trials
+        ]
+        rows.append(
+            {
+                "epoch": epoch,
+                "raw": round(float(spearmanr(raw, finals)[0]), 2),
+                "corrected": round(float(spearmanr(corrected, finals)[0]), 2),
+            }
+        )
+        print(f"epoch {epoch}: {rows[-1]['raw']:+.2f} -> {rows[-1]['corrected']:+.2f}", file=sys.stderr)
+    return {"bench": "horizon", "curves": str(args.curves), "trials": len(trials), "rows": rows}
+
+
 def compare(args) -> dict:
     """A pruned study against its unpruned reference recorded at another time.
 
@@ -442,7 +483,9 @@ def scaling(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", choices=["pruning", "replay", "reaction", "compare", "simulate", "scaling"])
+    ap.add_argument(
+        "bench", choices=["pruning", "replay", "reaction", "compare", "simulate", "horizon", "scaling"]
+    )
     ap.add_argument(
         "curves", nargs="?", type=Path, help="replay, reaction, compare: an unpruned study's JSON"
     )
@@ -485,7 +528,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     info["args"] = {k: str(v) for k, v in vars(args).items()}
-    if args.bench in ("replay", "reaction", "compare", "simulate") and args.curves is None:
+    if args.bench in ("replay", "reaction", "compare", "simulate", "horizon") and args.curves is None:
         ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
     if args.bench == "compare" and args.pruned is None:
         ap.error("compare needs the unpruned reference's JSON and the pruned study's JSON")
@@ -495,6 +538,7 @@ def main() -> None:
         "reaction": reaction,
         "compare": compare,
         "simulate": simulate,
+        "horizon": horizon,
         "scaling": scaling,
     }
     bench = benches[args.bench]
