@@ -107,16 +107,27 @@ def hard_label_votes(emotion: str, annotators: int = 10) -> np.ndarray:
 def targets_for_votes(
     votes: np.ndarray, scheme: LabelScheme, class_set: ClassSet
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised helper: targets (N, C) for kept rows and the boolean keep mask (N,)."""
-    keep = np.zeros(len(votes), dtype=bool)
-    targets = np.zeros((len(votes), len(class_set.classes)), dtype=np.float32)
-    for k, row in enumerate(votes):
+    """Targets (N, C) for kept rows and the boolean keep mask (N,).
+
+    Ten votes allow few distinct rows (a few thousand in FERPlus's 28k), so each distinct row
+    is resolved once: this runs at the start of every training and tuning trial.
+    """
+    votes = np.asarray(votes)
+    if len(votes) == 0:
+        return np.zeros((0, len(class_set.classes)), dtype=np.float32), np.zeros(0, dtype=bool)
+    rows, inverse = np.unique(votes, axis=0, return_inverse=True)
+    row_keep = np.zeros(len(rows), dtype=bool)
+    row_targets = np.zeros((len(rows), len(class_set.classes)), dtype=np.float32)
+    for k, row in enumerate(rows):
         dist = scheme_distribution(row, scheme)
         if dist is None:
             continue
         mapped = to_class_set(dist, class_set)
         if mapped is None:
             continue
-        keep[k] = True
-        targets[k] = mapped
+        row_keep[k] = True
+        row_targets[k] = mapped
+    inverse = inverse.reshape(-1)
+    keep = row_keep[inverse]
+    targets = row_targets[inverse]
     return targets[keep], keep
