@@ -527,6 +527,7 @@ class Objective:
                     limit_train=self.cfg.subset or None,
                     callbacks=[report, *self.callbacks],
                     verbose=0,
+                    checkpoint=False,  # a trial's value is its best epoch, read from the reports
                 )
             trial.set_user_attr("epochs_run", len(result.history))
             if report.nan_at is not None:

@@ -53,6 +53,27 @@ def test_smoke_training_decreases_loss(trained):
     assert (trained.run_dir / "best.weights.h5").is_file()
 
 
+def test_uncheckpointed_run_writes_no_checkpoint_and_cannot_be_resumed(small_dataset, tmp_path):
+    from ferflow.train import train
+
+    cfg = replace(TINY, epochs=2)
+    run = train(
+        cfg,
+        small_dataset,
+        tmp_path / "run",
+        track=False,
+        export=False,
+        steps_per_epoch=4,
+        verbose=0,
+        checkpoint=False,
+    )
+    assert len(run.history) == 2
+    assert not (run.run_dir / "checkpoint").exists()
+    assert not (run.run_dir / "best.weights.h5").exists()
+    with pytest.raises(ValueError, match="resume=True needs checkpoint=True"):
+        train(cfg, small_dataset, tmp_path / "run", resume=True, track=False, export=False, checkpoint=False)
+
+
 class Interrupt(Exception):
     pass
 
