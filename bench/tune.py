@@ -26,6 +26,10 @@ fitted on the other trials: leave one out).
 ``compare``: a pruned study against its unpruned reference recorded at another time, with the
 host's speed difference taken from the trials both drew with identical parameters.
 
+``retime``: the trials of an unpruned and a pruned study recorded earlier, trained again for their
+recorded epochs, alternating between the two studies trial by trial, so that the host's drift
+(±15 % within an hour here) falls on both alike; each curve is checked against the recorded one.
+
 ``scaling``: a fixed trial budget on a PostgreSQL study (a throwaway server from
 ``scripts/postgres.sh`` unless ``--storage`` is given), one worker pinned to one core vs two
 workers each pinned to its own core; pruning off and a fixed architecture so every trial does
@@ -461,6 +465,113 @@ def compare(args) -> dict:
     return out
 
 
+def retime(args) -> dict:
+    """Time two recorded studies' trials again, interleaved, so host drift hits both alike.
+
+    A seeded study is deterministic here (the repeated seed-44 study reached the same 20 values),
+    so its work is fixed: each trial's parameters and the epochs it ran. This trains every trial
+    of both studies for exactly its recorded epochs, as ``ferflow tune`` would, alternating
+    between the studies trial by trial (and which goes first in each pair). It checks each
+    trial's per-epoch tuning accuracy against the recorded curve. Optuna's own bookkeeping (sampler,
+    storage) is not in these times; `pruning` measures whole studies.
+    """
+    import keras
+
+    from ferflow.train import train
+    from ferflow.tune import load_tuning_data, trial_config
+
+    studies = {"reference": _recorded(args.curves), "pruned": _recorded(args.pruned)}
+    for name, study in studies.items():
+        recorded = study.get("args", {})
+        for key in (
+            "subset",
+            "epochs",
+            "steps",
+            "width",
+            "batch",
+            "depths",
+            "model",
+            "lr_warmup",
+            "precision",
+        ):
+            if key in recorded and recorded[key] != str(getattr(args, key)):
+                raise SystemExit(
+                    f"{name} study was recorded with --{key.replace('_', '-')} {recorded[key]}, "
+                    f"not {getattr(args, key)}: pass the options it was run with"
+                )
+    with tempfile.TemporaryDirectory(prefix="ferflow-bench-retime-") as tmp:
+        cfg = bench_config(args, Path(tmp), f"sqlite:///{tmp}/unused.db", "retime", "none", 1, fixed=False)
+        data = load_tuning_data(args.dataset)
+
+        class StopAfter(keras.callbacks.Callback):
+            def __init__(self, epochs: int) -> None:
+                super().__init__()
+                self.epochs, self.values = epochs, []
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.values.append(float((logs or {}).get("val_accuracy", float("nan"))))
+                if epoch + 1 >= self.epochs:
+                    self.model.stop_training = True
+
+        def timed(trial: dict) -> dict:
+            stop = StopAfter(trial["epochs_run"])
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory(dir=tmp) as run_dir:
+                train(
+                    trial_config(cfg, trial["params"]),
+                    data,
+                    run_dir,
+                    track=False,
+                    export=False,
+                    steps_per_epoch=cfg.steps_per_epoch or None,
+                    limit_train=cfg.subset or None,
+                    callbacks=[stop],
+                    verbose=0,
+                    checkpoint=False,
+                )
+            keras.backend.clear_session()
+            seconds = time.perf_counter() - started
+            curve = trial["curve"][: len(stop.values)]  # recorded rounded to 4 decimals
+            return {
+                "number": trial["number"],
+                "epochs": len(stop.values),
+                "seconds": round(seconds, 2),
+                "value": max(stop.values),
+                "same_curve": len(curve) == len(stop.values)
+                and all(abs(a - b) < 6e-5 for a, b in zip(stop.values, curve, strict=True)),
+            }
+
+        n = max(len(s["per_trial"]) for s in studies.values())
+        n = min(n, args.trials) if args.trials else n
+        # untimed: the process's first training pays one-off costs (TF start-up, first kernels)
+        timed({**studies["reference"]["per_trial"][0], "epochs_run": 1})
+        timings: dict[str, list[dict]] = {"reference": [], "pruned": []}
+        for i in range(n):
+            order = ["reference", "pruned"] if i % 2 == 0 else ["pruned", "reference"]
+            for name in order:
+                trials = studies[name]["per_trial"]
+                if i < len(trials):
+                    timings[name].append(timed(trials[i]))
+                    t = timings[name][-1]
+                    print(
+                        f"{name:<9} trial {t['number']:>2}: {t['epochs']:>2} epochs, {t['seconds']:7.1f} s, "
+                        f"{t['value']:.4f}{'' if t['same_curve'] else ' (its recorded curve differs)'}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    total = {name: round(sum(t["seconds"] for t in ts), 1) for name, ts in timings.items()}
+    return {
+        "bench": "retime",
+        "reference": str(args.curves),
+        "pruned": str(args.pruned),
+        "pairs": n,
+        "seconds": total,
+        "time_ratio": round(total["pruned"] / total["reference"], 3),
+        "curves_reproduced": {name: sum(t["same_curve"] for t in ts) for name, ts in timings.items()},
+        "per_trial": timings,
+    }
+
+
 def scaling(args) -> dict:
     script = ROOT / "scripts" / "postgres.sh"
     started = None
@@ -484,7 +595,8 @@ def scaling(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "bench", choices=["pruning", "replay", "reaction", "compare", "simulate", "horizon", "scaling"]
+        "bench",
+        choices=["pruning", "replay", "reaction", "compare", "simulate", "horizon", "retime", "scaling"],
     )
     ap.add_argument(
         "curves", nargs="?", type=Path, help="replay, reaction, compare: an unpruned study's JSON"
@@ -493,7 +605,7 @@ def main() -> None:
         "pruned",
         nargs="?",
         type=Path,
-        help="compare: the pruned study's JSON; simulate: another study for the surrogate",
+        help="compare, retime: the pruned study's JSON; simulate: another study for the surrogate",
     )
     ap.add_argument("--overhead", type=float, default=8.0, help="replay: seconds per trial besides epochs")
     ap.add_argument("--param", default="label_scheme", help="reaction: the categorical parameter")
@@ -528,10 +640,13 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     info["args"] = {k: str(v) for k, v in vars(args).items()}
-    if args.bench in ("replay", "reaction", "compare", "simulate", "horizon") and args.curves is None:
+    if (
+        args.bench in ("replay", "reaction", "compare", "simulate", "horizon", "retime")
+        and args.curves is None
+    ):
         ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
-    if args.bench == "compare" and args.pruned is None:
-        ap.error("compare needs the unpruned reference's JSON and the pruned study's JSON")
+    if args.bench in ("compare", "retime") and args.pruned is None:
+        ap.error(f"{args.bench} needs the unpruned reference's JSON and the pruned study's JSON")
     benches = {
         "pruning": pruning,
         "replay": replay,
@@ -539,6 +654,7 @@ def main() -> None:
         "compare": compare,
         "simulate": simulate,
         "horizon": horizon,
+        "retime": retime,
         "scaling": scaling,
     }
     bench = benches[args.bench]
