@@ -472,8 +472,9 @@ def retime(args) -> dict:
     so its work is fixed: each trial's parameters and the epochs it ran. This trains every trial
     of both studies for exactly its recorded epochs, as ``ferflow tune`` would, alternating
     between the studies trial by trial (and which goes first in each pair). It checks each
-    trial's per-epoch tuning accuracy against the recorded curve. Optuna's own bookkeeping (sampler,
-    storage) is not in these times; `pruning` measures whole studies.
+    trial's per-epoch tuning accuracy against the recorded curve; a study's trial 0, the first
+    training of its process, does not repeat after the warm-up (the later trials do). Optuna's own
+    bookkeeping (sampler, storage) is not in these times; `pruning` measures whole studies.
     """
     import keras
 
