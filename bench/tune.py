@@ -477,9 +477,9 @@ def retime(args) -> dict:
     bookkeeping (sampler, storage) is not in these times; `pruning` measures whole studies.
     """
     import keras
+    import optuna
 
-    from ferflow.train import train
-    from ferflow.tune import load_tuning_data, trial_config
+    from ferflow.tune import Objective, load_tuning_data
 
     studies = {"reference": _recorded(args.curves), "pruned": _recorded(args.pruned)}
     for name, study in studies.items():
@@ -500,7 +500,7 @@ def retime(args) -> dict:
                     f"{name} study was recorded with --{key.replace('_', '-')} {recorded[key]}, "
                     f"not {getattr(args, key)}: pass the options it was run with"
                 )
-    with tempfile.TemporaryDirectory(prefix="ferflow-bench-retime-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ferflow-bench-retime-") as tmp:  # the config's storage only
         cfg = bench_config(args, Path(tmp), f"sqlite:///{tmp}/unused.db", "retime", "none", 1, fixed=False)
         data = load_tuning_data(args.dataset)
 
@@ -515,29 +515,16 @@ def retime(args) -> dict:
                     self.model.stop_training = True
 
         def timed(trial: dict) -> dict:
+            """The trial as `ferflow tune` runs it (same objective, same clock), never pruned."""
             stop = StopAfter(trial["epochs_run"])
-            started = time.perf_counter()
-            with tempfile.TemporaryDirectory(dir=tmp) as run_dir:
-                train(
-                    trial_config(cfg, trial["params"]),
-                    data,
-                    run_dir,
-                    track=False,
-                    export=False,
-                    steps_per_epoch=cfg.steps_per_epoch or None,
-                    limit_train=cfg.subset or None,
-                    callbacks=[stop],
-                    verbose=0,
-                    checkpoint=False,
-                )
-            keras.backend.clear_session()
-            seconds = time.perf_counter() - started
+            fixed = optuna.trial.FixedTrial(trial["params"], number=trial["number"])
+            value = Objective(cfg, data, callbacks=[stop], verbose=False)(fixed)
             curve = trial["curve"][: len(stop.values)]  # recorded rounded to 4 decimals
             return {
                 "number": trial["number"],
                 "epochs": len(stop.values),
-                "seconds": round(seconds, 2),
-                "value": max(stop.values),
+                "seconds": fixed.user_attrs["seconds"],
+                "value": value,
                 "same_curve": len(curve) == len(stop.values)
                 and all(abs(a - b) < 6e-5 for a, b in zip(stop.values, curve, strict=True)),
             }
@@ -600,7 +587,10 @@ def main() -> None:
         choices=["pruning", "replay", "reaction", "compare", "simulate", "horizon", "retime", "scaling"],
     )
     ap.add_argument(
-        "curves", nargs="?", type=Path, help="replay, reaction, compare: an unpruned study's JSON"
+        "curves",
+        nargs="?",
+        type=Path,
+        help="replay, reaction, compare, simulate, horizon, retime: a study's JSON",
     )
     ap.add_argument(
         "pruned",

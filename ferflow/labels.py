@@ -127,7 +127,5 @@ def targets_for_votes(
             continue
         row_keep[k] = True
         row_targets[k] = mapped
-    inverse = inverse.reshape(-1)
     keep = row_keep[inverse]
-    targets = row_targets[inverse]
-    return targets[keep], keep
+    return row_targets[inverse[keep]], keep

@@ -587,15 +587,14 @@ def train(
     model.optimizer.build(model.trainable_variables)
     EpochLog, BestKeeper = _callbacks_module()
     history_path = run_dir / "history.json"
-    # without checkpoint: no per-epoch checkpoint or best-weights files (two HDF5 writes an epoch)
-    backup = keras.callbacks.BackupAndRestore(str(run_dir / "checkpoint"), delete_checkpoint=False)
     cbs = [
-        *([backup] if checkpoint else []),
         EpochLog(history_path, mlflow_run),
         BestKeeper(run_dir, "val_accuracy", cfg.early_stopping_patience, keep_weights=checkpoint),
         keras.callbacks.TerminateOnNaN(),
         *callbacks,
     ]
+    if checkpoint:  # without: no per-epoch checkpoint or best-weights files (two HDF5 writes an epoch)
+        cbs.insert(0, keras.callbacks.BackupAndRestore(str(run_dir / "checkpoint"), delete_checkpoint=False))
     try:
         model.fit(
             train_ds,
