@@ -30,6 +30,9 @@ host's speed difference taken from the trials both drew with identical parameter
 recorded epochs, alternating between the two studies trial by trial, so that the host's drift
 (±15 % within an hour here) falls on both alike; each curve is checked against the recorded one.
 
+``firststep``: a trial's fixed cost, the seconds from the start of ``fit`` to the end of the
+first training batch, against a later batch.
+
 ``scaling``: a fixed trial budget on a PostgreSQL study (a throwaway server from
 ``scripts/postgres.sh`` unless ``--storage`` is given), one worker pinned to one core vs two
 workers each pinned to its own core; pruning off and a fixed architecture so every trial does
@@ -560,6 +563,45 @@ def retime(args) -> dict:
     }
 
 
+def firststep(args) -> dict:
+    """A trial's fixed cost: seconds from the start of ``fit`` to the end of the first training
+    batch (graph tracing and set-up) against a later batch, for the untuned trial of the bench's
+    space trained ``--epochs`` epochs as ``ferflow tune`` does, ``--trials`` times in one process."""
+    import keras
+    import optuna
+
+    from ferflow.tune import Objective, baseline_params, load_tuning_data
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.marks = {"begin": time.perf_counter()}
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch in (0, 1, 11):
+                self.marks[f"batch{batch}"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="ferflow-bench-firststep-") as tmp:  # the config's storage only
+        cfg = bench_config(args, Path(tmp), f"sqlite:///{tmp}/unused.db", "firststep", "none", 1, fixed=True)
+        data = load_tuning_data(args.dataset)
+        rows = []
+        for run in range(args.trials):
+            clock = Clock()
+            firsts = {"width": cfg.space.width[0], "batch_size": cfg.space.batch_size[0]}
+            trial = optuna.trial.FixedTrial({**firsts, **baseline_params(cfg)})
+            Objective(cfg, data, callbacks=[clock], verbose=False)(trial)
+            m = clock.marks
+            rows.append(
+                {
+                    "run": run,
+                    "first_batch_s": round(m["batch0"] - m["begin"], 2),
+                    "later_batch_s": round((m["batch11"] - m["batch1"]) / 10, 3),
+                    "trial_s": trial.user_attrs["seconds"],
+                }
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    return {"bench": "firststep", "width": cfg.space.width[0], "batch": cfg.space.batch_size[0], "rows": rows}
+
+
 def scaling(args) -> dict:
     script = ROOT / "scripts" / "postgres.sh"
     started = None
@@ -584,7 +626,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "bench",
-        choices=["pruning", "replay", "reaction", "compare", "simulate", "horizon", "retime", "scaling"],
+        choices=[
+            "pruning",
+            "replay",
+            "reaction",
+            "compare",
+            "simulate",
+            "horizon",
+            "retime",
+            "firststep",
+            "scaling",
+        ],
     )
     ap.add_argument(
         "curves",
@@ -646,6 +698,7 @@ def main() -> None:
         "simulate": simulate,
         "horizon": horizon,
         "retime": retime,
+        "firststep": firststep,
         "scaling": scaling,
     }
     bench = benches[args.bench]
