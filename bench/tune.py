@@ -30,6 +30,10 @@ host's speed difference taken from the trials both drew with identical parameter
 recorded epochs, alternating between the two studies trial by trial, so that the host's drift
 (±15 % within an hour here) falls on both alike; each curve is checked against the recorded one.
 
+``paired``: the two studies of ``pruning`` (no pruner, and ``--pruner``) run in one process one
+trial of each in turn (ABBA), so that drift falls on both alike; wall and CPU seconds per study,
+each trial's path checked against recorded runs when their JSONs are given.
+
 ``firststep``: a trial's fixed cost, the seconds from the start of ``fit`` to the end of the
 first training batch, against a later batch.
 
@@ -114,6 +118,21 @@ def bench_config(args, tmp: Path, storage: str, study: str, pruner: str, workers
     )
 
 
+def _trial_row(t) -> dict:
+    """A finished Optuna trial as the benches record it."""
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "epochs_run": t.user_attrs.get("epochs_run"),
+        "seconds": t.user_attrs.get("seconds"),
+        "cpu_seconds": t.user_attrs.get("cpu_seconds"),
+        "curve": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
+        "val_loss": t.user_attrs.get("val_loss"),
+        "params": t.params,
+    }
+
+
 def run(cfg, dataset: Path, pin: bool) -> dict:
     import optuna
 
@@ -123,19 +142,7 @@ def run(cfg, dataset: Path, pin: bool) -> dict:
     result = run_study(cfg, dataset, pin=pin)
     seconds = time.perf_counter() - t0
     study = optuna.load_study(study_name=cfg.study, storage=cfg.storage)
-    per_trial = [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            "epochs_run": t.user_attrs.get("epochs_run"),
-            "seconds": t.user_attrs.get("seconds"),
-            "curve": [round(v, 4) for _, v in sorted(t.intermediate_values.items())],
-            "val_loss": t.user_attrs.get("val_loss"),
-            "params": t.params,
-        }
-        for t in study.get_trials(deepcopy=False)
-    ]
+    per_trial = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     return {
         "seconds": round(seconds, 1),
         "trials": result.n_trials,
@@ -563,6 +570,109 @@ def retime(args) -> dict:
     }
 
 
+def paired(args) -> dict:
+    """The ``pruning`` bench's two studies, the unpruned reference and ``--pruner``, run at once in
+    one process, one trial of each in turn (ABBA), so that the host's drift falls on both alike.
+
+    Each is a whole Optuna study as ``ferflow tune`` runs it with one worker: created by
+    ``create_study`` (the untuned baseline first), loaded by ``load_worker_study`` (its seeded
+    sampler and the pruner), trained by ``Objective``. A study's time is the sum of its
+    ``optimize`` calls: sampler, pruner, storage and training, on the wall clock and in CPU
+    seconds of this process. Curves and values can be checked against recorded runs
+    (``curves``/``pruned``): a seeded study repeats its path on this CPU, except that the first
+    training in a process differs from later ones (hence the untimed warm-up).
+    """
+    import keras
+    import optuna
+
+    from ferflow.tune import Objective, baseline_params, create_study, load_tuning_data, load_worker_study
+
+    if args.pruner == "none":
+        raise SystemExit("paired compares a pruner with no pruning: pass --pruner asha, median or hyperband")
+    recorded = {"reference": args.curves, "pruned": args.pruned}
+    recorded = {name: _recorded(path)["per_trial"] for name, path in recorded.items() if path}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ferflow-bench-paired-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'optuna.db'}"
+        cfgs = {
+            "reference": bench_config(args, Path(tmp), url, "bench-none", "none", 1, fixed=False),
+            "pruned": bench_config(args, Path(tmp), url, f"bench-{args.pruner}", args.pruner, 1, fixed=False),
+        }
+        data = load_tuning_data(args.dataset)
+
+        class StopAfter(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                self.model.stop_training = True
+
+        # untimed: the process's first training pays one-off costs and ends differently
+        warm = optuna.trial.FixedTrial(_first_choices(cfgs["reference"]) | baseline_params(cfgs["reference"]))
+        Objective(cfgs["reference"], data, callbacks=[StopAfter()], verbose=False)(warm)
+        studies, objectives = {}, {}
+        for name, cfg in cfgs.items():
+            create_study(cfg)
+            studies[name] = load_worker_study(cfg)
+            objectives[name] = Objective(cfg, data, verbose=False)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        clocks: dict[str, list[tuple[float, float]]] = {name: [] for name in cfgs}
+        for i in range(args.trials):
+            for name in ("reference", "pruned") if i % 2 == 0 else ("pruned", "reference"):
+                wall, cpu = time.perf_counter(), time.process_time()
+                studies[name].optimize(objectives[name], n_trials=1, catch=(Exception,), gc_after_trial=True)
+                clocks[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+                t = studies[name].trials[-1]
+                same = ""
+                if name in recorded and i < len(recorded[name]):
+                    same = " same path" if _same_trial(_trial_row(t), recorded[name][i]) else " NEW PATH"
+                print(
+                    f"{name:<9} trial {i:>2}: {t.state.name:<8} {len(t.intermediate_values):>2} epochs "
+                    f"{clocks[name][-1][0]:7.1f} s wall {clocks[name][-1][1]:7.1f} s cpu "
+                    f"{t.value if t.value is not None else float('nan'):.4f}{same}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        rows = {name: [_trial_row(t) for t in study.trials] for name, study in studies.items()}
+    out: dict = {"bench": "paired", "pruner": args.pruner, "studies": {}}
+    for name, trials in rows.items():
+        for row, (wall, cpu) in zip(trials, clocks[name], strict=True):
+            row["optimize_seconds"], row["optimize_cpu_seconds"] = round(wall, 2), round(cpu, 2)
+        complete = [t["value"] for t in trials if t["state"] == "COMPLETE"]
+        out["studies"][name] = {
+            "seconds": round(sum(w for w, _ in clocks[name]), 1),
+            "cpu_seconds": round(sum(c for _, c in clocks[name]), 1),
+            "epochs": sum(len(t["curve"]) for t in trials),
+            "states": {s: sum(t["state"] == s for t in trials) for s in {t["state"] for t in trials}},
+            "best_value": max(complete) if complete else None,
+            "same_path_as_recorded": (
+                sum(_same_trial(a, b) for a, b in zip(trials, recorded[name], strict=False))
+                if name in recorded
+                else None
+            ),
+            "per_trial": trials,
+        }
+    ref, pru = out["studies"]["reference"], out["studies"]["pruned"]
+    out["time_ratio"] = round(pru["seconds"] / ref["seconds"], 3)
+    out["cpu_ratio"] = round(pru["cpu_seconds"] / ref["cpu_seconds"], 3)
+    out["epoch_ratio"] = round(pru["epochs"] / ref["epochs"], 3)
+    if ref["best_value"] is not None and pru["best_value"] is not None:
+        out["best_value_points"] = round(100 * (pru["best_value"] - ref["best_value"]), 2)
+    out["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    return out
+
+
+def _first_choices(cfg) -> dict:
+    return {"width": cfg.space.width[0], "batch_size": cfg.space.batch_size[0]}
+
+
+def _same_trial(new: dict, old: dict) -> bool:
+    """The same parameters, and the same per-epoch curve (recorded to 4 decimals)."""
+    curve_new, curve_old = new["curve"], old["curve"]
+    return (
+        new["params"] == old["params"]
+        and len(curve_new) == len(curve_old)
+        and all(abs(a - b) < 6e-5 for a, b in zip(curve_new, curve_old, strict=True))
+    )
+
+
 def firststep(args) -> dict:
     """A trial's fixed cost: seconds from the start of ``fit`` to the end of the first training
     batch (graph tracing and set-up) against a later batch, for the untuned trial of the bench's
@@ -586,8 +696,7 @@ def firststep(args) -> dict:
         rows = []
         for run in range(args.trials):
             clock = Clock()
-            firsts = {"width": cfg.space.width[0], "batch_size": cfg.space.batch_size[0]}
-            trial = optuna.trial.FixedTrial({**firsts, **baseline_params(cfg)})
+            trial = optuna.trial.FixedTrial({**_first_choices(cfg), **baseline_params(cfg)})
             Objective(cfg, data, callbacks=[clock], verbose=False)(trial)
             m = clock.marks
             rows.append(
@@ -634,6 +743,7 @@ def main() -> None:
             "simulate",
             "horizon",
             "retime",
+            "paired",
             "firststep",
             "scaling",
         ],
@@ -642,13 +752,13 @@ def main() -> None:
         "curves",
         nargs="?",
         type=Path,
-        help="replay, reaction, compare, simulate, horizon, retime: a study's JSON",
+        help="replay, reaction, compare, simulate, horizon, retime: a study's JSON; paired: optional",
     )
     ap.add_argument(
         "pruned",
         nargs="?",
         type=Path,
-        help="compare, retime: the pruned study's JSON; simulate: another study for the surrogate",
+        help="compare, retime, paired (optional): the pruned study's JSON; simulate: a second study",
     )
     ap.add_argument("--overhead", type=float, default=8.0, help="replay: seconds per trial besides epochs")
     ap.add_argument("--param", default="label_scheme", help="reaction: the categorical parameter")
@@ -698,6 +808,7 @@ def main() -> None:
         "simulate": simulate,
         "horizon": horizon,
         "retime": retime,
+        "paired": paired,
         "firststep": firststep,
         "scaling": scaling,
     }

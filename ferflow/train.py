@@ -441,7 +441,7 @@ class TrainResult:
     history: list[dict[str, float]]
     metrics: dict[str, Any]
     onnx_path: Path | None
-    keras_path: Path
+    keras_path: Path | None  # None when trained with save=False
     mlflow_run_id: str | None
     train_seconds: float
     device: DeviceInfo
@@ -478,6 +478,7 @@ def train(
     callbacks: Sequence[Any] = (),
     verbose: int | None = None,
     checkpoint: bool = True,
+    save: bool = True,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``dataset`` (canonical dir, opened dataset, or (splits, meta)).
 
@@ -489,11 +490,15 @@ def train(
     ``verbose``: Keras progress bar (1) on a terminal, one line per epoch (2) otherwise.
     ``checkpoint=False`` (tuning trials, whose run dir is thrown away) writes no per-epoch
     checkpoint and no best weights: the run cannot be resumed and ends with its last weights.
+    ``save=False`` (tuning trials too) writes neither model.keras nor the learning-curve plot;
+    it cannot be combined with ``export`` or ``track``, which need the saved model.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     if resume and not checkpoint:
         raise ValueError("resume=True needs checkpoint=True: there is nothing to resume from")
+    if not save and (export or track):
+        raise ValueError("save=False keeps no model, so it cannot be exported or tracked")
     device = configure_device(cfg.precision)
     import keras
 
@@ -620,8 +625,9 @@ def train(
         fp32 = build_model(cfg.model, num_classes, **model_kwargs(cfg))
         fp32.set_weights(model.get_weights())
         model = fp32
-    keras_path = run_dir / "model.keras"
-    model.save(keras_path)
+    keras_path = run_dir / "model.keras" if save else None
+    if keras_path:
+        model.save(keras_path)
 
     # --- export and evaluate ------------------------------------------------------------
     metrics: dict[str, Any] = {}
@@ -681,7 +687,8 @@ def train(
         (run_dir / "per_class_metrics.json").write_text(
             json.dumps(metrics[report_split]["per_class"], indent=2)
         )
-    plot_learning_curves(history, run_dir / "learning_curves.png", title=cfg.model)
+    if save:
+        plot_learning_curves(history, run_dir / "learning_curves.png", title=cfg.model)
 
     if track:
         import mlflow

@@ -495,7 +495,7 @@ class Objective:
 
         from ferflow.train import train
 
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         self.calls += 1
         params = suggest(trial, self.cfg)
         tcfg = trial_config(self.cfg, params)
@@ -528,6 +528,7 @@ class Objective:
                     callbacks=[report, *self.callbacks],
                     verbose=0,
                     checkpoint=False,  # a trial's value is its best epoch, read from the reports
+                    save=False,  # nor its model: ~1 s a trial, a fixed cost that pruning cannot cut
                 )
             trial.set_user_attr("epochs_run", len(result.history))
             if report.nan_at is not None:
@@ -548,12 +549,17 @@ class Objective:
             raise
         finally:
             seconds = time.perf_counter() - started
+            # CPU seconds of this process (all its threads): what a slow or shared host moves
+            # less than the wall clock; steal time is not in it
+            cpu_seconds = time.process_time() - started_cpu
             trial.set_user_attr("seconds", round(seconds, 2))
+            trial.set_user_attr("cpu_seconds", round(cpu_seconds, 2))
             trial.set_user_attr("val_loss", report.losses)
             if tracker and run_id:
                 with contextlib.suppress(Exception):
                     if value is not None:
-                        tracker.log_metrics(run_id, {"value": value, "trial_seconds": seconds})
+                        clocks = {"trial_seconds": seconds, "trial_cpu_seconds": cpu_seconds}
+                        tracker.log_metrics(run_id, {"value": value, **clocks})
                     tracker.finish(
                         run_id, state, {"optuna.state": state, **({"fail_reason": reason} if reason else {})}
                     )
@@ -674,6 +680,24 @@ def pin_to_core(core: int) -> None:
         os.environ[var] = "1"
 
 
+def load_worker_study(cfg: TuneConfig, worker: int = 0):
+    """The existing study as worker ``worker`` runs it: with its seeded sampler and the pruner."""
+    import optuna
+
+    store = storage(cfg.storage_url)
+    try:
+        probe = optuna.load_study(study_name=cfg.study, storage=store)
+    except KeyError as exc:
+        raise TuneError(f"no study {cfg.study!r} in {redact(cfg.storage_url)}; create it first") from exc
+    offset = 7919 * worker + len(probe.get_trials(deepcopy=False))
+    return optuna.load_study(
+        study_name=cfg.study,
+        storage=store,
+        sampler=make_sampler(cfg, offset, parallel=cfg.workers > 1),
+        pruner=make_pruner(cfg),
+    )
+
+
 def run_worker(
     cfg: TuneConfig,
     dataset: str | Path | CanonicalDataset | TuningData,
@@ -700,18 +724,7 @@ def run_worker(
     optuna.logging.set_verbosity(optuna.logging.ERROR if verbose else optuna.logging.WARNING)
     if n_trials <= 0:
         return 0
-    store = storage(cfg.storage_url)
-    try:
-        probe = optuna.load_study(study_name=cfg.study, storage=store)
-    except KeyError as exc:
-        raise TuneError(f"no study {cfg.study!r} in {redact(cfg.storage_url)}; create it first") from exc
-    offset = 7919 * worker + len(probe.get_trials(deepcopy=False))
-    study = optuna.load_study(
-        study_name=cfg.study,
-        storage=store,
-        sampler=make_sampler(cfg, offset, parallel=cfg.workers > 1),
-        pruner=make_pruner(cfg),
-    )
+    study = load_worker_study(cfg, worker)
     data = load_tuning_data(dataset)
     objective = Objective(cfg, data, study.user_attrs.get(PARENT_RUN_ATTR), worker, callbacks, verbose)
     study.optimize(

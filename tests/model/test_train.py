@@ -53,7 +53,7 @@ def test_smoke_training_decreases_loss(trained):
     assert (trained.run_dir / "best.weights.h5").is_file()
 
 
-def test_uncheckpointed_run_writes_no_checkpoint_and_cannot_be_resumed(small_dataset, tmp_path):
+def test_tuning_trial_run_writes_no_checkpoint_or_model_and_cannot_be_resumed(small_dataset, tmp_path):
     from ferflow.train import train
 
     cfg = replace(TINY, epochs=2)
@@ -66,12 +66,15 @@ def test_uncheckpointed_run_writes_no_checkpoint_and_cannot_be_resumed(small_dat
         steps_per_epoch=4,
         verbose=0,
         checkpoint=False,
+        save=False,
     )
     assert len(run.history) == 2
-    assert not (run.run_dir / "checkpoint").exists()
-    assert not (run.run_dir / "best.weights.h5").exists()
+    assert run.keras_path is None
+    assert sorted(p.name for p in run.run_dir.iterdir()) == ["best.json", "history.json", "state.json"]
     with pytest.raises(ValueError, match="resume=True needs checkpoint=True"):
         train(cfg, small_dataset, tmp_path / "run", resume=True, track=False, export=False, checkpoint=False)
+    with pytest.raises(ValueError, match="save=False keeps no model"):
+        train(cfg, small_dataset, tmp_path / "run2", track=False, export=True, save=False)
 
 
 class Interrupt(Exception):

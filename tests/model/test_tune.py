@@ -113,6 +113,10 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
     assert bad.user_attrs["epochs_run"] < cfg.epochs  # training stopped when the pruner said so
     assert max(bad.intermediate_values) == bad.user_attrs["epochs_run"]  # steps = epochs done
     assert len(bad.user_attrs["val_loss"]) == bad.user_attrs["epochs_run"]  # a loss per epoch run
+    # CPU seconds beside wall seconds: two training threads can exceed the wall clock, but a
+    # trial that trained cannot have used no CPU
+    assert all(0 < t.user_attrs["cpu_seconds"] <= 8 * t.user_attrs["seconds"] for t in (good1, bad))
+    assert good1.user_attrs["cpu_seconds"] > bad.user_attrs["cpu_seconds"]  # it trained longer
 
     runs = nested_runs(mlflow_sqlite, parent)
     assert sorted(runs) == [0, 1, 2]
