@@ -486,7 +486,6 @@ def retime(args) -> dict:
     training of its process, does not repeat after the warm-up (the later trials do). Optuna's own
     bookkeeping (sampler, storage) is not in these times; `pruning` measures whole studies.
     """
-    import keras
     import optuna
 
     from ferflow.tune import Objective, load_tuning_data
@@ -514,29 +513,17 @@ def retime(args) -> dict:
         cfg = bench_config(args, Path(tmp), f"sqlite:///{tmp}/unused.db", "retime", "none", 1, fixed=False)
         data = load_tuning_data(args.dataset)
 
-        class StopAfter(keras.callbacks.Callback):
-            def __init__(self, epochs: int) -> None:
-                super().__init__()
-                self.epochs, self.values = epochs, []
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.values.append(float((logs or {}).get("val_accuracy", float("nan"))))
-                if epoch + 1 >= self.epochs:
-                    self.model.stop_training = True
-
         def timed(trial: dict) -> dict:
             """The trial as `ferflow tune` runs it (same objective, same clock), never pruned."""
-            stop = StopAfter(trial["epochs_run"])
+            stop = _stop_after(trial["epochs_run"])
             fixed = optuna.trial.FixedTrial(trial["params"], number=trial["number"])
             value = Objective(cfg, data, callbacks=[stop], verbose=False)(fixed)
-            curve = trial["curve"][: len(stop.values)]  # recorded rounded to 4 decimals
             return {
                 "number": trial["number"],
                 "epochs": len(stop.values),
                 "seconds": fixed.user_attrs["seconds"],
                 "value": value,
-                "same_curve": len(curve) == len(stop.values)
-                and all(abs(a - b) < 6e-5 for a, b in zip(stop.values, curve, strict=True)),
+                "same_curve": _same_curve(stop.values, trial["curve"][: len(stop.values)]),
             }
 
         n = max(len(s["per_trial"]) for s in studies.values())
@@ -582,15 +569,14 @@ def paired(args) -> dict:
     (``curves``/``pruned``): a seeded study repeats its path on this CPU, except that the first
     training in a process differs from later ones (hence the untimed warm-up).
     """
-    import keras
     import optuna
 
     from ferflow.tune import Objective, baseline_params, create_study, load_tuning_data, load_worker_study
 
     if args.pruner == "none":
         raise SystemExit("paired compares a pruner with no pruning: pass --pruner asha, median or hyperband")
-    recorded = {"reference": args.curves, "pruned": args.pruned}
-    recorded = {name: _recorded(path)["per_trial"] for name, path in recorded.items() if path}
+    paths = {"reference": args.curves, "pruned": args.pruned}
+    recorded = {name: _recorded(path)["per_trial"] for name, path in paths.items() if path}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ferflow-bench-paired-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'optuna.db'}"
@@ -599,14 +585,9 @@ def paired(args) -> dict:
             "pruned": bench_config(args, Path(tmp), url, f"bench-{args.pruner}", args.pruner, 1, fixed=False),
         }
         data = load_tuning_data(args.dataset)
-
-        class StopAfter(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                self.model.stop_training = True
-
         # untimed: the process's first training pays one-off costs and ends differently
         warm = optuna.trial.FixedTrial(_first_choices(cfgs["reference"]) | baseline_params(cfgs["reference"]))
-        Objective(cfgs["reference"], data, callbacks=[StopAfter()], verbose=False)(warm)
+        Objective(cfgs["reference"], data, callbacks=[_stop_after(1)], verbose=False)(warm)
         studies, objectives = {}, {}
         for name, cfg in cfgs.items():
             create_study(cfg)
@@ -614,6 +595,7 @@ def paired(args) -> dict:
             objectives[name] = Objective(cfg, data, verbose=False)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         clocks: dict[str, list[tuple[float, float]]] = {name: [] for name in cfgs}
+        same_path: dict[str, list[bool]] = {name: [] for name in recorded}
         for i in range(args.trials):
             for name in ("reference", "pruned") if i % 2 == 0 else ("pruned", "reference"):
                 wall, cpu = time.perf_counter(), time.process_time()
@@ -622,7 +604,8 @@ def paired(args) -> dict:
                 t = studies[name].trials[-1]
                 same = ""
                 if name in recorded and i < len(recorded[name]):
-                    same = " same path" if _same_trial(_trial_row(t), recorded[name][i]) else " NEW PATH"
+                    same_path[name].append(_same_trial(_trial_row(t), recorded[name][i]))
+                    same = " same path" if same_path[name][-1] else " NEW PATH"
                 print(
                     f"{name:<9} trial {i:>2}: {t.state.name:<8} {len(t.intermediate_values):>2} epochs "
                     f"{clocks[name][-1][0]:7.1f} s wall {clocks[name][-1][1]:7.1f} s cpu "
@@ -642,11 +625,7 @@ def paired(args) -> dict:
             "epochs": sum(len(t["curve"]) for t in trials),
             "states": {s: sum(t["state"] == s for t in trials) for s in {t["state"] for t in trials}},
             "best_value": max(complete) if complete else None,
-            "same_path_as_recorded": (
-                sum(_same_trial(a, b) for a, b in zip(trials, recorded[name], strict=False))
-                if name in recorded
-                else None
-            ),
+            "same_path_as_recorded": sum(same_path[name]) if name in recorded else None,
             "per_trial": trials,
         }
     ref, pru = out["studies"]["reference"], out["studies"]["pruned"]
@@ -663,14 +642,32 @@ def _first_choices(cfg) -> dict:
     return {"width": cfg.space.width[0], "batch_size": cfg.space.batch_size[0]}
 
 
+def _same_curve(new: list[float], recorded: list[float]) -> bool:
+    """The same per-epoch tuning accuracies, to the 4 decimals a curve is recorded with."""
+    return len(new) == len(recorded) and all(abs(a - b) < 6e-5 for a, b in zip(new, recorded, strict=True))
+
+
 def _same_trial(new: dict, old: dict) -> bool:
-    """The same parameters, and the same per-epoch curve (recorded to 4 decimals)."""
-    curve_new, curve_old = new["curve"], old["curve"]
-    return (
-        new["params"] == old["params"]
-        and len(curve_new) == len(curve_old)
-        and all(abs(a - b) < 6e-5 for a, b in zip(curve_new, curve_old, strict=True))
-    )
+    """The same parameters, and the same per-epoch curve."""
+    return new["params"] == old["params"] and _same_curve(new["curve"], old["curve"])
+
+
+def _stop_after(epochs: int):
+    """A Keras callback that ends training after ``epochs`` epochs, keeping each epoch's tuning
+    accuracy in ``.values``."""
+    import keras
+
+    class StopAfter(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.values: list[float] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.values.append(float((logs or {}).get("val_accuracy", float("nan"))))
+            if epoch + 1 >= epochs:
+                self.model.stop_training = True
+
+    return StopAfter()
 
 
 def firststep(args) -> dict:
@@ -731,23 +728,23 @@ def scaling(args) -> dict:
     return {"bench": "scaling", "workers": args.workers, "storage": "postgresql", **out}
 
 
+BENCHES = {
+    "pruning": pruning,
+    "replay": replay,
+    "reaction": reaction,
+    "compare": compare,
+    "simulate": simulate,
+    "horizon": horizon,
+    "retime": retime,
+    "paired": paired,
+    "firststep": firststep,
+    "scaling": scaling,
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "bench",
-        choices=[
-            "pruning",
-            "replay",
-            "reaction",
-            "compare",
-            "simulate",
-            "horizon",
-            "retime",
-            "paired",
-            "firststep",
-            "scaling",
-        ],
-    )
+    ap.add_argument("bench", choices=list(BENCHES))
     ap.add_argument(
         "curves",
         nargs="?",
@@ -800,19 +797,7 @@ def main() -> None:
         ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
     if args.bench in ("compare", "retime") and args.pruned is None:
         ap.error(f"{args.bench} needs the unpruned reference's JSON and the pruned study's JSON")
-    benches = {
-        "pruning": pruning,
-        "replay": replay,
-        "reaction": reaction,
-        "compare": compare,
-        "simulate": simulate,
-        "horizon": horizon,
-        "retime": retime,
-        "paired": paired,
-        "firststep": firststep,
-        "scaling": scaling,
-    }
-    bench = benches[args.bench]
+    bench = BENCHES[args.bench]
     result = {**info, **bench(args)}
     result["load_after"] = [round(x, 1) for x in os.getloadavg()]
     text = json.dumps(result, indent=1, default=str)
