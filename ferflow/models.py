@@ -48,6 +48,14 @@ DEFAULT_MARGIN = 0.02
 
 _SERIAL = "ferflow"
 
+SAFE_STRIDED_1X1_CHANNELS = 16
+"""Fewest input channels at which oneDNN's strided 1×1 weight gradient is safe.
+
+TensorFlow 2.21's ``jit_1x1:avx512_core`` backward-weights kernel corrupts the heap at stride 2
+with 1, 4, 8 or 12 input channels on even input sides of 48 px and up, on AVX-512 CPUs (measured
+on an AMD EPYC without AMX; 16, 20, 24 and 40 channels pass up to 96 px). docs/training.md,
+"oneDNN kernels", has the map."""
+
 
 # ----------------------------------------------------------------------------------------
 # building blocks
@@ -73,9 +81,8 @@ class ResidualBlock(layers.Layer):
         self._in_channels = int(input_shape[-1])
         if self.stride != 1 or self._in_channels != self.filters:
             reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
-            self.proj = layers.Conv2D(
-                self.filters, 1, strides=self.stride, use_bias=False, kernel_regularizer=reg
-            )
+            stride = 1 if self._subsample_first else self.stride
+            self.proj = layers.Conv2D(self.filters, 1, strides=stride, use_bias=False, kernel_regularizer=reg)
             self.proj_bn = layers.BatchNormalization()
         mid = (input_shape[0], None, None, self.filters)
         self.conv1.build(input_shape)
@@ -86,11 +93,30 @@ class ResidualBlock(layers.Layer):
             self.proj.build(input_shape)
             self.proj_bn.build(mid)
 
+    @property
+    def _subsample_first(self) -> bool:
+        """Run the strided 1×1 projection as subsample + unit-stride 1×1 (see ``_shortcut``)."""
+        return self.stride != 1 and (self._in_channels or 0) < SAFE_STRIDED_1X1_CHANNELS
+
+    def _shortcut(self, x, training=None):
+        """Projection shortcut: 1×1 conv at the block's stride, then batch norm.
+
+        Below ``SAFE_STRIDED_1X1_CHANNELS`` input channels the strided conv is computed as
+        ``x[:, ::s, ::s]`` followed by a unit-stride 1×1 conv: the same function with the same
+        weights (a 1×1 kernel at stride s reads exactly those pixels), which keeps training off
+        oneDNN's strided 1×1 weight-gradient kernel where it corrupts the heap. Wider inputs
+        keep the strided conv, which is about 10 % faster here.
+        """
+        if self.proj is None:
+            return x
+        if self._subsample_first:
+            x = x[:, :: self.stride, :: self.stride, :]
+        return self.proj_bn(self.proj(x), training=training)
+
     def call(self, x, training=None):
         y = ops.relu(self.bn1(self.conv1(x), training=training))
         y = self.bn2(self.conv2(y), training=training)
-        shortcut = x if self.proj is None else self.proj_bn(self.proj(x), training=training)
-        return ops.relu(y + shortcut)
+        return ops.relu(y + self._shortcut(x, training=training))
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
