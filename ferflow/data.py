@@ -11,7 +11,7 @@ import csv
 import hashlib
 import io
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from ferflow.config import (
     get_class_set,
 )
 from ferflow.labels import hard_label_votes, scheme_distribution, to_class_set
+from ferflow.table import IngestTable
 
 if TYPE_CHECKING:
     from ferflow.validate import GateReport
@@ -72,19 +73,6 @@ class ImageRecord:
     votes: np.ndarray | None = None  # ten FERPlus counts, or None for hard-label sources
     vote_error: str | None = None
     raw_label: str | None = None  # hard label as written in the source (folder name, code)
-
-
-@dataclass
-class IngestTable:
-    """The per-image table (one row per record) plus the pixel and vote arrays it indexes."""
-
-    frame: pd.DataFrame
-    pixels: np.ndarray  # (N, 48, 48) uint8; zeros where unreadable
-    votes: np.ndarray  # (N, 10) int16; -1 where the source has no votes
-    targets: np.ndarray  # (N, C) float32; zeros where the row is dropped by the scheme
-    source_format: SourceFormat
-    source_path: str
-    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,19 +346,6 @@ def build_table(
     frame["hash_copies"] = np.nan
     frame.loc[hashed, "hash_copies"] = frame[hashed].groupby("content_hash")["split"].transform("size")
     return IngestTable(frame, pixels, votes, targets, source_format, source_path)
-
-
-def split_rank(split: str) -> int:
-    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else -1
-
-
-def describe_counts(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, int]]:
-    """Per-split class counts over rows with a label in the class set."""
-    out: dict[str, dict[str, int]] = {}
-    for split, group in frame[frame["label"].isin(classes)].groupby("split"):
-        counts = group["label"].value_counts()
-        out[str(split)] = {c: int(counts.get(c, 0)) for c in classes}
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ferflow.config import (
     LeakagePolicy,
     SourceFormat,
 )
-from ferflow.data import IngestTable, describe_counts, split_rank
+from ferflow.table import IngestTable, describe_counts, split_rank
 
 FIXED_SIZE_FORMATS = {SourceFormat.FERPLUS, SourceFormat.FER2013_CSV}
 MAX_NAMED = 20  # offending files listed per check in the human summary (all are in the JSON)
