@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ferflow.canonical import Split
+from ferflow.model_uri import resolve
 from ferflow.preprocess import to_model_input
 
 OCCLUSION_SIZE = 16
@@ -107,29 +108,8 @@ def evaluate_split(
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """A model path, a directory holding ``model.onnx``, or an MLflow URI → ONNX file path."""
-    from ferflow.predict import default_model_path
-
-    if model is None:
-        return default_model_path()
-    text = str(model)
-    if "://" in text or text.startswith(("runs:/", "models:/")):
-        import mlflow
-
-        from ferflow.config import Paths
-
-        mlflow.set_tracking_uri(Paths().mlflow_uri)
-        local = Path(mlflow.artifacts.download_artifacts(text))
-    else:
-        local = Path(text)
-    if local.is_dir():
-        found = sorted(local.rglob("model.onnx"))
-        if not found:
-            raise FileNotFoundError(f"{model}: no model.onnx inside")
-        local = found[0]
-    if not local.is_file():
-        raise FileNotFoundError(f"model {model} not found")
-    return local
+    """A model path, a folder holding ``model.onnx``, or an MLflow URI → ONNX file path."""
+    return resolve(model).path
 
 
 def evaluate(

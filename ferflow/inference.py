@@ -16,7 +16,6 @@ this module never imports TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ferflow.config import IMAGE_SIZE, RUNTIME_ENV, FaceConfig, RegistryConfig
+from ferflow.model_uri import REGISTRY_SCHEME, ModelNotFound, ResolvedModel, file_digest, resolve
 
 # --- configuration --------------------------------------------------------------------------
 
@@ -325,82 +325,26 @@ def face_from_bytes(data: bytes, limits: ImageLimits | None = None, *, name: str
 
 # --- model resolution -----------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    path: Path
-    uri: str
-
-    def public(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version}
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+ModelInfo = ResolvedModel
+"""The served model: name, version, local ONNX path and the reference it came from."""
 
 
 def resolve_model(config: ServingConfig | None = None) -> ModelInfo:
-    """Which model to serve: ``FERFLOW_MODEL_URI`` through MLflow when set (registered models
-    via :func:`ferflow.registry.model_path`), else ``FERFLOW_MODEL`` / the reference model."""
-    from ferflow.predict import REFERENCE_MODEL, default_model_path
-
+    """Which model to serve: ``FERFLOW_MODEL_URI`` (a registry or run URI through MLflow, or a
+    path) when set, else ``FERFLOW_MODEL`` / the reference model (:mod:`ferflow.model_uri`)."""
     cfg = config or ServingConfig.from_env()
     uri = cfg.model_uri
-    if uri is None:
-        path = default_model_path()
-        if not path.is_file():
+    if uri is not None and uri.startswith(REGISTRY_SCHEME) and not cfg.tracking_uri:
+        raise ModelLoadError(f"{ENV_MODEL_URI}={uri} needs {ENV_TRACKING_URI} (the MLflow registry)")
+    try:
+        return resolve(uri, cfg.tracking_uri)
+    except ModelNotFound as exc:
+        if uri is None:
+            champion = f"models:/{cfg.registry.model_name}@champion"
             raise ModelLoadError(
-                f"no model to serve: {path} does not exist and {ENV_MODEL_URI} is not set "
-                f"(set {ENV_MODEL_URI}=models:/{cfg.registry.model_name}@champion with {ENV_TRACKING_URI}, "
-                "or FERFLOW_MODEL=/path/to/model.onnx)"
-            )
-        name = "reference" if path.resolve() == REFERENCE_MODEL.resolve() else path.stem
-        return ModelInfo(name, f"sha256:{_file_digest(path)}", path, str(path))
-    if uri.startswith("models:/"):
-        if not cfg.tracking_uri:
-            raise ModelLoadError(f"{ENV_MODEL_URI}={uri} needs {ENV_TRACKING_URI} (the MLflow registry)")
-        from ferflow.registry import RegistryError, client, model_path
-
-        ref = uri[len("models:/") :]
-        name, sep, alias = ref.partition("@")
-        if not sep:
-            name, _, alias = ref.partition("/")
-        if not name or not alias:
-            raise ModelLoadError(
-                f"{ENV_MODEL_URI}={uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION"
-            )
-        try:
-            path = model_path(name, alias, cfg.tracking_uri)
-            version = alias
-            if not alias.isdigit():
-                version = client(cfg.tracking_uri).get_model_version_by_alias(name, alias).version
-        except (RegistryError, Exception) as exc:
-            raise ModelLoadError(f"cannot load {uri} from {cfg.tracking_uri}: {exc}") from exc
-        return ModelInfo(name, str(version), path, uri)
-    local = Path(uri)
-    if not local.exists() and ("://" in uri or uri.startswith("runs:/")):
-        from ferflow.evaluate import resolve_model as resolve_any
-
-        if cfg.tracking_uri:
-            os.environ.setdefault(ENV_TRACKING_URI, cfg.tracking_uri)
-        try:
-            local = resolve_any(uri)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load {ENV_MODEL_URI}={uri}: {exc}") from exc
-    elif local.is_dir():
-        found = sorted(local.rglob("*.onnx"))
-        if not found:
-            raise ModelLoadError(f"{ENV_MODEL_URI}={uri}: no .onnx file in the folder")
-        local = found[0]
-    if not local.is_file():
-        raise ModelLoadError(f"{ENV_MODEL_URI}={uri}: no such model file")
-    return ModelInfo(local.stem, f"sha256:{_file_digest(local)}", local, uri)
+                f"no model to serve: {exc}; or set {ENV_MODEL_URI}={champion} with {ENV_TRACKING_URI}"
+            ) from exc
+        raise ModelLoadError(f"cannot load {ENV_MODEL_URI}={uri}: {exc}") from exc
 
 
 # --- the recognizer -------------------------------------------------------------------------
@@ -431,7 +375,8 @@ class EmotionRecognizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist")
-        return cls(ModelInfo(path.stem, f"sha256:{_file_digest(path)}", path, str(path)), config)
+        info = ModelInfo(path=path, name=path.stem, version=f"sha256:{file_digest(path)}", uri=str(path))
+        return cls(info, config)
 
     @classmethod
     def from_config(cls, config: ServingConfig | None = None) -> EmotionRecognizer:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferflow.config import Paths, RegistryConfig
+from ferflow.model_uri import ModelNotFound, registry_uri, resolve
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -130,16 +131,10 @@ def register(
 
 def model_path(name: str, ref: str, tracking_uri: str | None = None) -> Path:
     """Local path of the ONNX file of version or alias ``ref`` (e.g. ``3`` or ``champion``)."""
-    import mlflow
-
-    client(tracking_uri)
-    ref = str(ref)
-    uri = f"models:/{name}@{ref}" if not ref.isdigit() else f"models:/{name}/{ref}"
-    local = Path(mlflow.artifacts.download_artifacts(uri))
-    found = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
-    if not found:
-        raise RegistryError(f"{uri}: no .onnx file in the registered model")
-    return found[0]
+    try:
+        return resolve(registry_uri(name, ref), tracking_uri or Paths().mlflow_uri).path
+    except ModelNotFound as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 def _png(face: np.ndarray) -> bytes:
