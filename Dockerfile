@@ -23,9 +23,14 @@ WORKDIR /app
 # Dependencies first: this layer is reused until pyproject.toml or uv.lock change.
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project --compile-bytecode
-# Then the package itself, installed as a wheel (not editable) into the same venv.
+# Then the package itself, installed as a wheel (not editable) into the same venv: the core
+# library, its adapters (components, pipelines, serving) and the reference model.
 COPY README.md ./
 COPY ferflow/ ferflow/
+COPY components/ components/
+COPY pipelines/ pipelines/
+COPY serving/ serving/
+COPY models/reference/model.onnx models/reference/model.onnx
 RUN uv sync --frozen --no-dev --no-editable --compile-bytecode
 
 # --- runtime -----------------------------------------------------------------------------
@@ -35,18 +40,11 @@ RUN groupadd --gid 10001 ferflow \
       --shell /usr/sbin/nologin ferflow
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# The BentoML service and the pipeline definitions are imported from /app (PYTHONPATH),
-# e.g. `bentoml serve serving.service:FERService`.
-COPY serving/ serving/
-COPY components/ components/
-COPY pipelines/ pipelines/
-# The committed reference model, served when no registry model is configured.
-COPY models/ models/
+# Everything runs from the installed wheel (`bentoml serve serving.service:FERService` imports
+# it from the venv); the reference model inside it is served when no other model is configured.
 # HOME and caches point at /tmp: the root filesystem is read-only in the Helm chart and
 # /tmp is an emptyDir there.
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
-    FERFLOW_MODEL=/app/models/reference/model.onnx \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

@@ -281,12 +281,6 @@ def serve_cmd(
 
     from ferflow.inference import ModelLoadError, ServingConfig, resolve_model
 
-    # the folder holding serving/: FERFLOW_HOME or the working directory (the image's /app),
-    # else the source checkout this package runs from
-    candidates = (PATHS.root, Path(__file__).resolve().parents[1])
-    project = next((p for p in candidates if (p / "serving" / "service.py").is_file()), None)
-    if project is None:
-        raise _fail(f"error: no serving/service.py under {' or '.join(map(str, candidates))}", 2)
     try:
         config = ServingConfig.from_env()
         if config.model_uri is None:  # fail fast on a missing local model; registry URIs load in the server
@@ -294,7 +288,6 @@ def serve_cmd(
     except (ValueError, ModelLoadError) as exc:
         raise _fail(f"error: {exc}", 2) from exc
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project), env.get("PYTHONPATH", "")) if p)
     if workers is not None:
         env["FERFLOW_WORKERS"] = str(workers)
     # BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and wipes them at start:
@@ -305,7 +298,6 @@ def serve_cmd(
         env["BENTOML_HOME"] = str(Path(tempfile.gettempdir()) / f"ferflow-bentoml-{port}")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--host", host, "--port", str(port)]
     typer.echo(f"serving {SERVICE_TARGET} on http://{host}:{port} (demo: /demo, API docs: /)")
-    os.chdir(project)
     os.execve(sys.executable, cmd, env)  # bentoml replaces this process: signals reach it directly
 
 
@@ -705,7 +697,7 @@ def pipeline_compile(
     retries: RetriesOpt = None,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML (upload it or use it with submit --package)."""
-    from ferflow.pipeline import compile_pipeline, read_pipeline_spec
+    from pipelines.driver import compile_pipeline, read_pipeline_spec
 
     cluster = _cluster_config(gpus, node_selector, toleration, retries)
     try:
@@ -732,7 +724,8 @@ def pipeline_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream every step's log.")] = False,
 ) -> None:
     """Run the training pipeline on this machine (kfp.local); ends with the run summary."""
-    from ferflow.pipeline import PipelineError, run_local
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import run_local
 
     args = _profile_arguments(
         profile,
@@ -766,7 +759,8 @@ def pipeline_submit(
     epochs: EpochsOpt = None,
 ) -> None:
     """Create one run of the training pipeline on a Kubeflow cluster."""
-    from ferflow.pipeline import PipelineError, submit
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import submit
 
     args = _profile_arguments(profile, data_version=data_version, model_name=model, epochs=epochs)
     try:
@@ -791,7 +785,8 @@ def pipeline_schedule(
     catchup: Annotated[bool, typer.Option("--catchup/--no-catchup", help="backfill missed runs.")] = False,
 ) -> None:
     """Create a recurring run (scheduled retraining) of the training pipeline."""
-    from ferflow.pipeline import PipelineError, schedule
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import schedule
 
     args = _profile_arguments(profile)
     try:

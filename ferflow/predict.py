@@ -35,8 +35,11 @@ logger = logging.getLogger(__name__)
 PROBE_FACES = 16
 PROBE_MAX_PROB_DIFF = 0.05  # largest |p_openvino - p_onnxruntime| allowed on the probe batch
 
-REFERENCE_MODEL = Path(__file__).resolve().parents[1] / "models" / "reference" / "model.onnx"
-"""The committed reference model; ``FERFLOW_MODEL`` overrides it."""
+_CHECKOUT_REFERENCE = Path(__file__).resolve().parents[1] / "models" / "reference" / "model.onnx"
+_PACKAGED_REFERENCE = Path(__file__).resolve().parent / "reference" / "model.onnx"  # in the wheel
+REFERENCE_MODEL = _CHECKOUT_REFERENCE if _CHECKOUT_REFERENCE.is_file() else _PACKAGED_REFERENCE
+"""The committed reference model (``models/reference``, shipped inside the wheel too);
+``FERFLOW_MODEL`` overrides it."""
 
 
 def default_model_path() -> Path:

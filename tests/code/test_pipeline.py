@@ -15,15 +15,8 @@ from typer.testing import CliRunner
 
 from ferflow.cli import app
 from ferflow.config import PIPELINE_IMAGE, PIPELINE_NAME, PROFILES, ClusterConfig
-from ferflow.pipeline import (
-    PipelineError,
-    compile_pipeline,
-    pipeline_arguments,
-    read_pipeline_spec,
-    schedule,
-    submit,
-    validate_cron,
-)
+from ferflow.pipeline import PipelineError, pipeline_arguments
+from pipelines.driver import compile_pipeline, read_pipeline_spec, schedule, submit, validate_cron
 
 STEPS = {
     "resolve-data",

@@ -160,7 +160,7 @@ def _stop(server: Server) -> None:
 
 def _env(model: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FERFLOW_", "MLFLOW_"))}
-    return {**env, "FERFLOW_MODEL": str(model), "PYTHONPATH": str(ROOT), **extra}
+    return {**env, "FERFLOW_MODEL": str(model), **extra}
 
 
 @pytest.fixture(scope="module")

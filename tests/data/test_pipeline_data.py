@@ -12,7 +12,8 @@ from kfp import local
 from components import pull_and_ingest, resolve_data
 from ferflow.canonical import open_dataset
 from ferflow.config import PROFILES
-from ferflow.pipeline import pipeline_arguments, run_local
+from ferflow.pipeline import pipeline_arguments
+from pipelines.driver import run_local
 from tests.data.test_gate import copy_subset, read_rows
 
 pytestmark = [
