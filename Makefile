@@ -55,6 +55,7 @@ system-deps:
 
 test: data system-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 lint: setup
