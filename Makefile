@@ -18,7 +18,7 @@ help:
 	@echo "make test  - set up, pull the DVC data, run the test suite"
 	@echo "make pipeline-smoke - the same pipeline, smoke profile (a few hundred images, ~5 min)"
 	@echo "make dataset        - only pull, ingest, validate and describe the data"
-	@echo "make reference      - retrain the committed reference model (scripts/train_reference.sh)"
+	@echo "make reference      - retrain the committed reference model (configs/reference.yaml)"
 	@echo "make serve - the BentoML service on :3000"
 	@echo "make lint  - ruff"
 
@@ -44,8 +44,11 @@ dataset: data
 		--leakage drop --drop-bad-votes --report artifacts/validation
 	$(FERFLOW) data stats artifacts/canonical
 
+# retrain the committed reference model from its recipe (configs/reference.yaml); add
+# ARGS=--resume to continue after an interruption
 reference: dataset
-	scripts/train_reference.sh
+	$(FERFLOW) train --config reference --dataset artifacts/canonical --run-dir artifacts/train/reference \
+		--export-dir models/reference $(ARGS)
 
 # Debian packages the tests drive for real: Chromium (web demo test) and PostgreSQL
 # (parallel Optuna workers, MLflow on PostgreSQL). Installed only when missing.

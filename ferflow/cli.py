@@ -405,10 +405,6 @@ def tune_cmd(
 
 # --- training and evaluation (ferflow.train, ferflow.evaluate) ---
 
-from ferflow.config import OptimizerName, Precision, ScheduleName, TrainConfig  # noqa: E402
-
-_TRAIN = TrainConfig()
-
 
 def _load_for_cli(dataset: Path, source_format: SourceFormat | None, class_set: str, quiet: bool):
     """(splits, meta) from a canonical dir, or from a raw layout ingested in memory."""
@@ -436,56 +432,33 @@ def _load_for_cli(dataset: Path, source_format: SourceFormat | None, class_set: 
 
 @app.command("train")
 def train_cmd(
-    model: Annotated[str, typer.Option(help="ran, ran_fm, resnet or cnn.")] = _TRAIN.model,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="recipe: a .yaml/.toml file, or a name in configs/ (reference, smoke)."
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="override a recipe field, e.g. --set epochs=10 --set augment.erase_prob=0.3."
+        ),
+    ] = None,
     dataset: Annotated[
         Path, typer.Option(help="canonical dataset folder (or a raw layout with --format).")
     ] = PATHS.canonical,
     source_format: Annotated[
         SourceFormat | None, typer.Option("--format", help="ingest a raw layout in memory first.")
     ] = None,
-    epochs: Annotated[int, typer.Option()] = _TRAIN.epochs,
-    batch_size: Annotated[int, typer.Option()] = _TRAIN.batch_size,
-    width: Annotated[int, typer.Option(help="backbone base width.")] = _TRAIN.width,
-    depths: Annotated[str, typer.Option(help="blocks per stage, comma-separated.")] = ",".join(
-        map(str, _TRAIN.depths)
-    ),
-    head_stages: Annotated[int, typer.Option(help="ran_fm: stages run per region.")] = _TRAIN.head_stages,
-    scheme: SchemeOpt = _TRAIN.label_scheme,
-    optimizer: Annotated[OptimizerName, typer.Option()] = _TRAIN.optimizer,
-    schedule: Annotated[ScheduleName, typer.Option()] = _TRAIN.schedule,
-    lr: Annotated[float, typer.Option(help="peak learning rate.")] = _TRAIN.learning_rate,
-    weight_decay: Annotated[float, typer.Option()] = _TRAIN.weight_decay,
-    mixup: Annotated[float, typer.Option(help="mixup alpha; 0 disables.")] = _TRAIN.augment.mixup_alpha,
-    dropout: Annotated[float, typer.Option(help="dropout before the classifier.")] = _TRAIN.dropout,
-    erase_prob: Annotated[
-        float, typer.Option(help="random-erasing probability (occlusion augmentation).")
-    ] = _TRAIN.augment.erase_prob,
-    rotation: Annotated[float, typer.Option(help="max rotation, degrees.")] = _TRAIN.augment.rotation_deg,
-    label_smoothing: Annotated[float, typer.Option()] = _TRAIN.label_smoothing,
-    rb_margin: Annotated[float, typer.Option(help="region-biased loss margin.")] = _TRAIN.rb_margin,
-    class_weight_power: Annotated[float, typer.Option()] = _TRAIN.class_weight_power,
-    patience: Annotated[
-        int, typer.Option(help="early-stopping patience; 0 = off.")
-    ] = _TRAIN.early_stopping_patience,
-    tune_fraction: Annotated[float, typer.Option()] = _TRAIN.tune_fraction,
-    precision: Annotated[Precision, typer.Option()] = _TRAIN.precision,
-    seed: Annotated[int, typer.Option()] = _TRAIN.seed,
-    quantize: Annotated[
-        bool, typer.Option(help="try int8; kept if ≤ 0.5 points worse.")
-    ] = _TRAIN.quantize_int8,
-    tta: Annotated[
-        TestTimeAugmentation, typer.Option(help="test-time augmentation written into the export.")
-    ] = _TRAIN.tta,
     run_dir: Annotated[Path | None, typer.Option(help="checkpoint/output folder.")] = None,
     resume: Annotated[bool, typer.Option(help="continue the interrupted run in --run-dir.")] = False,
     export_dir: Annotated[
         Path | None, typer.Option(help="also write model.onnx, metrics.json, MODEL_CARD.md here.")
     ] = None,
     track: Annotated[bool, typer.Option(help="log to MLflow (MLFLOW_TRACKING_URI).")] = True,
-    experiment: Annotated[str, typer.Option()] = _TRAIN.experiment,
     from_study: Annotated[
         str | None,
-        typer.Option(help="Optuna study: its best trial's values replace the tuned options."),
+        typer.Option(help="Optuna study: its best trial's values replace the tuned fields."),
     ] = None,
     storage: Annotated[
         str | None,
@@ -493,37 +466,23 @@ def train_cmd(
             help="storage of --from-study (default: $FERFLOW_OPTUNA_STORAGE, else sqlite:///optuna.db)."
         ),
     ] = None,
+    print_recipe: Annotated[
+        bool, typer.Option("--print-recipe", help="print the resolved recipe as YAML and exit.")
+    ] = False,
 ) -> None:
-    """Train a model on a dataset version; track, evaluate and export it."""
-    import dataclasses
+    """Train a model on a dataset version; track, evaluate and export it.
 
-    cfg = TrainConfig(
-        model=model,
-        width=width,
-        depths=tuple(int(d) for d in depths.split(",")),
-        head_stages=head_stages,
-        dropout=dropout,
-        rb_margin=rb_margin,
-        label_scheme=scheme,
-        label_smoothing=label_smoothing,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        learning_rate=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        class_weight_power=class_weight_power,
-        tune_fraction=tune_fraction,
-        early_stopping_patience=patience,
-        seed=seed,
-        precision=precision,
-        augment=dataclasses.replace(
-            _TRAIN.augment, mixup_alpha=mixup, erase_prob=erase_prob, rotation_deg=rotation
-        ),
-        quantize_int8=quantize,
-        tta=tta,
-        experiment=experiment,
-    )
+    The hyper-parameters are a recipe (TrainConfig): the defaults, or --config, with --set on top.
+    """
+    from ferflow.recipes import RecipeError, dump_recipe, load_recipe
+
+    try:
+        cfg = load_recipe(config, overrides or ())
+    except RecipeError as exc:
+        raise _fail(f"error: {exc}", 2) from exc
+    if print_recipe:
+        typer.echo(dump_recipe(cfg), nl=False)
+        return
     if from_study is not None:
         from ferflow.tune import TuneError, best_train_config
 

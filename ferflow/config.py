@@ -298,9 +298,17 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # 0 disables mixup
 
 
+MODEL_NAMES: tuple[str, ...] = ("ran", "ran_fm", "resnet", "cnn")
+"""The architectures of :mod:`ferflow.models` (named here so a recipe is checked without Keras)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run. Defaults are the reference model's recipe."""
+    """Hyper-parameters of one training run: an untuned base recipe.
+
+    Named recipes in ``configs/`` (``reference``: the committed model's) override these
+    defaults; :mod:`ferflow.recipes` reads them.
+    """
 
     model: str = "ran_fm"
     width: int = 40

@@ -79,6 +79,19 @@ def test_pipeline_compiles_from_the_wheel(venv, tmp_path):
     assert "pull-and-ingest" in out.read_text()
 
 
+def test_named_recipes_ship_in_the_wheel(venv, tmp_path):
+    proc = subprocess.run(
+        [str(venv / "bin" / "ferflow"), "train", "--config", "reference", "--print-recipe"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "width: 40\n" in proc.stdout and "experiment: ferflow-reference\n" in proc.stdout
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

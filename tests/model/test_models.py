@@ -52,6 +52,14 @@ def test_cnn_baseline_structure(batch):
     assert dense == [256, 512, 8]
 
 
+def test_config_names_every_model():
+    """Recipes are checked against config.MODEL_NAMES before Keras loads: it must match."""
+    from ferflow.config import MODEL_NAMES
+    from ferflow.models import MODELS
+
+    assert set(MODEL_NAMES) == set(MODELS)
+
+
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg", 8)

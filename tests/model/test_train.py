@@ -352,25 +352,9 @@ def test_cli_train_smoke(small_dataset, tmp_path, monkeypatch):
     from ferflow.cli import app
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    args = [
-        "train",
-        "--dataset",
-        str(small_dataset),
-        "--model",
-        "cnn",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--precision",
-        "float32",
-        "--no-quantize",
-        "--no-track",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--scheme",
-        "crossentropy",
-    ]
+    recipe = ["model=cnn", "epochs=1", "batch_size=64", "precision=float32", "quantize_int8=false"]
+    args = ["train", "--dataset", str(small_dataset), "--no-track", "--run-dir", str(tmp_path / "run")]
+    args += [a for item in [*recipe, "label_scheme=crossentropy"] for a in ("--set", item)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "trained cnn for 1 epochs" in res.output
