@@ -6,6 +6,7 @@ A reference is one of:
 - ``None``: ``FERFLOW_MODEL``, else the committed reference model;
 - a file, or a folder holding ``model.onnx`` (or any ``*.onnx``);
 - ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: the MLflow model registry;
+- ``models:/m-<id>``: an MLflow logged model (what a run's ``onnx_model_uri`` tag holds);
 - ``runs:/RUN_ID/PATH`` or any URI MLflow can download (``s3://``, ``gs://``, ...).
 
 MLflow URIs are read from the tracking server given, else ``MLFLOW_TRACKING_URI``, else the
@@ -110,7 +111,7 @@ def resolve(reference: str | Path | None = None, tracking_uri: str | None = None
     local = Path(text)
     if not local.exists() and (text.startswith((REGISTRY_SCHEME, "runs:/")) or "://" in text):
         uri = tracking_uri or Paths().mlflow_uri
-        if text.startswith(REGISTRY_SCHEME):
+        if text.startswith(REGISTRY_SCHEME) and any(c in text[len(REGISTRY_SCHEME) :] for c in "@/"):
             name, ref = parse_registry_uri(text)
             path = _onnx_in(_download(registry_uri(name, ref), uri), text)
             return ResolvedModel(path, name, _registry_version(name, ref, uri), text)
