@@ -448,6 +448,25 @@ class TrainResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TrainingData:
+    """What a fit reads: the fit/tuning/test splits, targets and weights under one recipe."""
+
+    name: str  # where the data came from (canonical folder or source)
+    meta: dict[str, Any]
+    classes: list[str]
+    fit: Split  # train minus the tuning split
+    tune: Split  # stratified, seeded: early stopping and model selection
+    test: Split | None  # the dataset's ``valid`` split, scored once at the end
+    targets: np.ndarray  # (n_fit, C) under the recipe's label scheme
+    weights: np.ndarray  # (n_fit,) class-balancing sample weights
+    steps_per_epoch: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
 def _fit_params(flat: dict[str, Any]) -> dict[str, Any]:
     """The flat config without the export-only fields (which ``--resume`` may change)."""
     return {k: v for k, v in flat.items() if k not in EXPORT_ONLY_FIELDS}
@@ -462,6 +481,137 @@ def _flat_params(cfg: TrainConfig) -> dict[str, Any]:
             out[k] = v
     out = {k: (v.value if hasattr(v, "value") else v) for k, v in out.items()}
     return json.loads(json.dumps(out))  # tuples → lists, as stored in state.json
+
+
+def _open_splits(dataset) -> tuple[dict[str, Any], Any, str, set[str]]:
+    """(meta, split loader, name, split names) of a canonical dir, opened dataset or (splits, meta)."""
+    if isinstance(dataset, tuple):
+        splits, meta = dataset
+        return meta, splits.__getitem__, str(meta.get("source", "in-memory")), set(splits)
+    ds = dataset if isinstance(dataset, CanonicalDataset) else open_dataset(dataset)
+    return ds.meta, ds.load, str(ds.root), set(ds.splits)
+
+
+def prepare_data(
+    cfg: TrainConfig,
+    dataset: str | Path | CanonicalDataset | tuple[dict[str, Split], dict[str, Any]],
+    steps_per_epoch: int | None = None,
+    limit_train: int | None = None,
+) -> TrainingData:
+    """Carve the tuning split, compute the scheme's targets and weights (no TensorFlow)."""
+    meta, load, name, split_names = _open_splits(dataset)
+    classes = list(meta["classes"])
+    if "train" not in split_names:
+        raise ValueError(f"dataset {name} has no 'train' split")
+    full = load("train")
+    fit_idx, tune_idx = stratified_split(full.label, cfg.tune_fraction, cfg.seed)
+    if limit_train:
+        rng = np.random.default_rng(cfg.seed)
+        fit_idx = np.sort(rng.permutation(fit_idx)[:limit_train])
+        tune_idx = np.sort(rng.permutation(tune_idx)[: max(limit_train // 4, len(classes))])
+    fit_split, tune_split = full.subset(fit_idx), full.subset(tune_idx)
+    scheme = LabelScheme(cfg.label_scheme)
+    if scheme is LabelScheme.MULTI_TARGET and cfg.augment.mixup_alpha > 0:
+        raise ValueError("mixup needs soft targets; it cannot be combined with multi_target")
+    targets = scheme_targets(fit_split, classes, meta.get("class_set"), scheme)
+    cw = class_weights(fit_split.label, len(classes), cfg.class_weight_power)
+    return TrainingData(
+        name=name,
+        meta=meta,
+        classes=classes,
+        fit=fit_split,
+        tune=tune_split,
+        test=load("valid") if "valid" in split_names else None,
+        targets=targets,
+        weights=cw[fit_split.label.astype(int)],
+        steps_per_epoch=steps_per_epoch or max(1, len(fit_split) // cfg.batch_size),
+    )
+
+
+def open_run(cfg: TrainConfig, run_dir: str | Path | None, resume: bool) -> tuple[Path, dict[str, Any]]:
+    """The run folder and its state: a fresh folder, or the interrupted run's with ``resume``."""
+    run_dir = Path(run_dir) if run_dir else Paths().artifacts / "train" / cfg.model
+    state_path = run_dir / "state.json"
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if resume and state and _fit_params(state.get("config", {})) != _fit_params(_flat_params(cfg)):
+        raise ValueError(
+            f"{run_dir}: --resume with a different configuration than the interrupted run; "
+            "use the same options or start a new run without --resume"
+        )
+    return run_dir, state
+
+
+def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    (run_dir / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def fit_model(
+    cfg: TrainConfig,
+    data: TrainingData,
+    run_dir: Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 2,
+    checkpoint: bool = True,
+    mlflow_run: str | None = None,
+):
+    """Build, compile and fit ``cfg.model``; returns the model with its best tuning-split weights.
+
+    Writes ``history.json`` and ``best.json`` to ``run_dir``; with ``checkpoint`` also a
+    per-epoch checkpoint (what ``resume`` continues from) and ``best.weights.h5``.
+    """
+    import keras
+
+    from ferflow.models import build_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, **model_kwargs(cfg))
+    model.compile(
+        optimizer=make_optimizer(cfg, data.steps_per_epoch),
+        loss=make_loss(cfg),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    # Without a distribution strategy Keras creates the optimizer's slots inside the first
+    # traced step, and tf.function then traces the whole step a second time (~5 s a fit)
+    model.optimizer.build(model.trainable_variables)
+    EpochLog, BestKeeper = _callbacks_module()
+    cbs = [
+        EpochLog(run_dir / "history.json", mlflow_run),
+        BestKeeper(run_dir, "val_accuracy", cfg.early_stopping_patience, keep_weights=checkpoint),
+        keras.callbacks.TerminateOnNaN(),
+        *callbacks,
+    ]
+    if checkpoint:  # without: no per-epoch checkpoint or best-weights files (two HDF5 writes an epoch)
+        cbs.insert(0, keras.callbacks.BackupAndRestore(str(run_dir / "checkpoint"), delete_checkpoint=False))
+    model.fit(
+        make_train_dataset(data.fit.pixels, data.targets, data.weights, cfg),
+        epochs=cfg.epochs,
+        steps_per_epoch=data.steps_per_epoch,
+        validation_data=make_eval_dataset(data.tune.pixels, data.tune.label, data.num_classes),
+        callbacks=cbs,
+        verbose=verbose,
+        shuffle=False,  # the training dataset shuffles itself (seeded); Keras would warn and ignore it
+    )
+    if (run_dir / "best.weights.h5").exists():
+        model.load_weights(run_dir / "best.weights.h5")
+    return model
+
+
+def as_float32(model, cfg: TrainConfig, num_classes: int):
+    """The same weights in a float32 graph: what is exported and served after mixed precision."""
+    import keras
+
+    from ferflow.models import build_model
+
+    if keras.mixed_precision.global_policy().name == "float32":
+        return model
+    keras.mixed_precision.set_global_policy("float32")
+    fp32 = build_model(cfg.model, num_classes, **model_kwargs(cfg))
+    fp32.set_weights(model.get_weights())
+    return fp32
 
 
 def train(
@@ -488,127 +638,29 @@ def train(
     the same MLflow run. ``steps_per_epoch`` / ``limit_train`` bound smoke runs.
     ``export_dir`` additionally receives model.onnx, metrics.json and MODEL_CARD.md.
     ``verbose``: Keras progress bar (1) on a terminal, one line per epoch (2) otherwise.
-    ``checkpoint=False`` (tuning trials, whose run dir is thrown away) writes no per-epoch
-    checkpoint and no best weights: the run cannot be resumed and ends with its last weights.
-    ``save=False`` (tuning trials too) writes neither model.keras nor the learning-curve plot;
-    it cannot be combined with ``export`` or ``track``, which need the saved model.
+    ``checkpoint=False`` writes no per-epoch checkpoint and no best weights: the run cannot be
+    resumed and ends with its last weights. ``save=False`` writes neither model.keras nor the
+    learning-curve plot; it cannot be combined with ``export`` or ``track``, which need the model.
     """
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
     if resume and not checkpoint:
         raise ValueError("resume=True needs checkpoint=True: there is nothing to resume from")
     if not save and (export or track):
         raise ValueError("save=False keeps no model, so it cannot be exported or tracked")
     device = configure_device(cfg.precision)
-    import keras
-
-    from ferflow.models import build_model
-
-    # --- data ---------------------------------------------------------------------------
-    if isinstance(dataset, tuple):
-        splits, meta = dataset
-        load = splits.__getitem__
-        dataset_name = str(meta.get("source", "in-memory"))
-    else:
-        ds_obj = dataset if isinstance(dataset, CanonicalDataset) else open_dataset(dataset)
-        meta, load, dataset_name = ds_obj.meta, ds_obj.load, str(ds_obj.root)
-        splits = {s: None for s in ds_obj.splits}
-    classes = list(meta["classes"])
-    num_classes = len(classes)
-    if "train" not in splits:
-        raise ValueError(f"dataset {dataset_name} has no 'train' split")
-    full = load("train")
-    fit_idx, tune_idx = stratified_split(full.label, cfg.tune_fraction, cfg.seed)
-    if limit_train:
-        rng = np.random.default_rng(cfg.seed)
-        fit_idx = np.sort(rng.permutation(fit_idx)[:limit_train])
-        tune_idx = np.sort(rng.permutation(tune_idx)[: max(limit_train // 4, num_classes)])
-    fit_split, tune_split = full.subset(fit_idx), full.subset(tune_idx)
-    test_split = load("valid") if "valid" in splits else None
-    scheme = LabelScheme(cfg.label_scheme)
-    if scheme is LabelScheme.MULTI_TARGET and cfg.augment.mixup_alpha > 0:
-        raise ValueError("mixup needs soft targets; it cannot be combined with multi_target")
-    targets = scheme_targets(fit_split, classes, meta.get("class_set"), scheme)
-    cw = class_weights(fit_split.label, num_classes, cfg.class_weight_power)
-    weights = cw[fit_split.label.astype(int)]
-    spe = steps_per_epoch or max(1, len(fit_split) // cfg.batch_size)
-    train_ds = make_train_dataset(fit_split.pixels, targets, weights, cfg)
-    tune_ds = make_eval_dataset(tune_split.pixels, tune_split.label, num_classes)
-
-    # --- run directory and tracking -----------------------------------------------------
-    run_dir = Path(run_dir) if run_dir else Paths().artifacts / "train" / cfg.model
-    state_path = run_dir / "state.json"
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if resume and state and _fit_params(state.get("config", {})) != _fit_params(_flat_params(cfg)):
-        raise ValueError(
-            f"{run_dir}: --resume with a different configuration than the interrupted run; "
-            "use the same options or start a new run without --resume"
-        )
-    mlflow_run = None
-    if track:
-        import mlflow
-
-        mlflow.set_tracking_uri(Paths().mlflow_uri)
-        mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_id=state.get("mlflow_run_id"), log_system_metrics=False)
-        mlflow_run = run.info.run_id
-        if not state.get("mlflow_run_id"):
-            mlflow.log_params(
-                {
-                    **_flat_params(cfg),
-                    "dataset": dataset_name,
-                    "steps_per_epoch": spe,
-                    "n_fit": len(fit_split),
-                    "n_tune": len(tune_split),
-                    "n_test": len(test_split) if test_split is not None else 0,
-                }
-            )
-            mlflow.set_tags(
-                {
-                    "dataset_md5": str(meta.get("source_version") or "unknown"),
-                    "dataset_created": str(meta.get("created", "")),
-                    "git_commit": git_commit(Path(__file__).resolve().parent) or "unknown",
-                    "device": device.describe(),
-                    "model": cfg.model,
-                    "label_scheme": scheme.value,
-                }
-            )
+    data = prepare_data(cfg, dataset, steps_per_epoch, limit_train)
+    run_dir, state = open_run(cfg, run_dir, resume)
+    mlflow_run = start_tracking(cfg, data, state.get("mlflow_run_id"), device) if track else None
     state.update(config=_flat_params(cfg), mlflow_run_id=mlflow_run)
-    state_path.write_text(json.dumps(state, indent=1))
-
-    # --- model and fit ------------------------------------------------------------------
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes, **model_kwargs(cfg))
-    model.compile(
-        optimizer=make_optimizer(cfg, spe),
-        loss=make_loss(cfg),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-    # Without a distribution strategy Keras creates the optimizer's slots inside the first
-    # traced step, and tf.function then traces the whole step a second time (~5 s a fit)
-    model.optimizer.build(model.trainable_variables)
-    EpochLog, BestKeeper = _callbacks_module()
-    history_path = run_dir / "history.json"
-    cbs = [
-        EpochLog(history_path, mlflow_run),
-        BestKeeper(run_dir, "val_accuracy", cfg.early_stopping_patience, keep_weights=checkpoint),
-        keras.callbacks.TerminateOnNaN(),
-        *callbacks,
-    ]
-    if checkpoint:  # without: no per-epoch checkpoint or best-weights files (two HDF5 writes an epoch)
-        cbs.insert(0, keras.callbacks.BackupAndRestore(str(run_dir / "checkpoint"), delete_checkpoint=False))
+    _save_state(run_dir, state)
     try:
-        model.fit(
-            train_ds,
-            epochs=cfg.epochs,
-            steps_per_epoch=spe,
-            validation_data=tune_ds,
-            callbacks=cbs,
-            verbose=verbose,
-            shuffle=False,  # train_ds shuffles itself (seeded); Keras would warn and ignore it
+        model = fit_model(
+            cfg,
+            data,
+            run_dir,
+            callbacks=callbacks,
+            verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
+            checkpoint=checkpoint,
+            mlflow_run=mlflow_run,
         )
     except BaseException:
         if track:
@@ -616,117 +668,184 @@ def train(
 
             mlflow.end_run(status="KILLED")
         raise
-    history = load_history(history_path)
-    train_seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
-    if (run_dir / "best.weights.h5").exists():
-        model.load_weights(run_dir / "best.weights.h5")
-    if device.precision != "float32":  # export and serve a float32 graph
-        keras.mixed_precision.set_global_policy("float32")
-        fp32 = build_model(cfg.model, num_classes, **model_kwargs(cfg))
-        fp32.set_weights(model.get_weights())
-        model = fp32
+    history = load_history(run_dir / "history.json")
+    model = as_float32(model, cfg, data.num_classes)
     keras_path = run_dir / "model.keras" if save else None
     if keras_path:
         model.save(keras_path)
-
-    # --- export and evaluate ------------------------------------------------------------
-    metrics: dict[str, Any] = {}
-    onnx_path = None
-    extras: dict[str, Any] = {}
-    if export:
-        from ferflow import evaluate as ev
-        from ferflow import export as ex
-        from ferflow.predict import FerClassifier
-
-        tta = TestTimeAugmentation(cfg.tta).value
-        fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", classes, {"tta": tta})
-        agreement = ex.check_agreement(model, fp32_path, tune_split.pixels[:512])
-        extras["export_agreement"] = agreement
-        # tuning-split scores of the candidates (with the recipe's TTA), computed once each
-        tune_fp32 = ev.evaluate_split(FerClassifier(fp32_path), tune_split, classes, occlusion=False)
-        chosen_tune = tune_fp32
-        onnx_path = run_dir / "model.onnx"
-        shutil.copyfile(fp32_path, onnx_path)
-        extras["onnx_precision"] = "fp32"
-        if cfg.quantize_int8:
-            calib = fit_split.pixels[np.random.default_rng(cfg.seed).permutation(len(fit_split))[:512]]
-            int8_path = ex.quantize_int8(fp32_path, run_dir / "model_int8.onnx", calib)
-            tune_int8 = ev.evaluate_split(FerClassifier(int8_path), tune_split, classes, occlusion=False)
-            cost = tune_fp32["accuracy"] - tune_int8["accuracy"]
-            extras["int8_tune_accuracy_cost"] = cost
-            if cost <= 0.005:
-                shutil.copyfile(int8_path, onnx_path)
-                extras["onnx_precision"] = "int8"
-                chosen_tune = tune_int8
-        extras["tta"] = tta
-        if tta != TestTimeAugmentation.NONE.value:
-            # TTA doubles the inference cost: keep it only for a clear gain on the tuning split
-            plain = ev.evaluate_split(
-                FerClassifier(onnx_path, tta="none"), tune_split, classes, occlusion=False
-            )
-            gain = chosen_tune["accuracy"] - plain["accuracy"]
-            extras["tta_tune_accuracy_gain"] = gain
-            if gain < cfg.tta_min_gain:
-                extras["tta"] = TestTimeAugmentation.NONE.value
-                ex.set_metadata(onnx_path, {"tta": extras["tta"]})
-                chosen_tune = plain
-        metrics["tune"] = chosen_tune
-        predictor = FerClassifier(onnx_path)
-        if test_split is not None:
-            # occlusion seed 0: the fixed protocol `ferflow evaluate` uses by default
-            metrics["test"] = ev.evaluate_split(predictor, test_split, classes, seed=0)
-        report_split = "test" if test_split is not None else "tune"
-        metrics["onnx_precision"] = extras["onnx_precision"]
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        ev.plot_confusion(
-            np.array(metrics[report_split]["confusion_matrix"]),
-            classes,
-            run_dir / "confusion_matrix.png",
-            title=f"{cfg.model} — {report_split} (normalised)",
-        )
-        (run_dir / "per_class_metrics.json").write_text(
-            json.dumps(metrics[report_split]["per_class"], indent=2)
-        )
-    if save:
         plot_learning_curves(history, run_dir / "learning_curves.png", title=cfg.model)
-
+    metrics, onnx_path, extras = export_and_score(cfg, model, data, run_dir) if export else ({}, None, {})
     if track:
-        import mlflow
-
-        summary = {}
-        for split_name, m in metrics.items():
-            if isinstance(m, dict):
-                for key in ("accuracy", "macro_f1", "occluded_accuracy"):
-                    if key in m:
-                        summary[f"{split_name}_{key}"] = m[key]
-        summary["train_seconds"] = train_seconds
-        mlflow.log_metrics(summary)
-        if extras.get("int8_tune_accuracy_cost") is not None:
-            mlflow.log_metric("int8_tune_accuracy_cost", extras["int8_tune_accuracy_cost"])
-        mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
-        mlflow.set_tag("tta", extras.get("tta", TestTimeAugmentation(cfg.tta).value))
-        if extras.get("tta_tune_accuracy_gain") is not None:
-            mlflow.log_metric("tta_tune_accuracy_gain", extras["tta_tune_accuracy_gain"])
-        for name in (
-            "learning_curves.png",
-            "confusion_matrix.png",
-            "per_class_metrics.json",
-            "metrics.json",
-            "history.json",
-        ):
-            if (run_dir / name).exists():
-                mlflow.log_artifact(str(run_dir / name))
-        _log_models(model, keras_path, onnx_path, tune_split.pixels[:8])
-        mlflow.end_run()
-
+        finish_tracking(cfg, run_dir, metrics, extras, model, keras_path, onnx_path, data.tune.pixels[:8])
+    train_seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
     result = TrainResult(
         run_dir, history, metrics, onnx_path, keras_path, mlflow_run, train_seconds, device, extras
     )
     if export_dir and onnx_path is not None:
         from ferflow.export import write_reference
 
-        write_reference(result, cfg, meta, Path(export_dir))
+        write_reference(result, cfg, data.meta, Path(export_dir))
     return result
+
+
+# ----------------------------------------------------------------------------------------
+# export and scoring
+
+
+def export_and_score(
+    cfg: TrainConfig, model, data: TrainingData, run_dir: Path
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """Export ONNX (int8 and TTA kept only where they pay on the tuning split) and score it.
+
+    Returns the metrics (tuning split, test split), the exported model and the decisions taken
+    (``extras``). Scores go through the same ONNX predictor ``ferflow evaluate`` uses.
+    """
+    from ferflow import evaluate as ev
+    from ferflow import export as ex
+    from ferflow.predict import FerClassifier
+
+    extras: dict[str, Any] = {"tta": TestTimeAugmentation(cfg.tta).value}
+    fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", data.classes, {"tta": extras["tta"]})
+    extras["export_agreement"] = ex.check_agreement(model, fp32_path, data.tune.pixels[:512])
+    onnx_path = run_dir / "model.onnx"
+    shutil.copyfile(fp32_path, onnx_path)
+    extras["onnx_precision"] = "fp32"
+    tune_score = ev.evaluate_split(FerClassifier(fp32_path), data.tune, data.classes, occlusion=False)
+    if cfg.quantize_int8:
+        tune_score = _keep_int8_if_cheap(cfg, data, fp32_path, onnx_path, tune_score, extras)
+    if extras["tta"] != TestTimeAugmentation.NONE.value:
+        tune_score = _keep_tta_if_it_pays(cfg, data, onnx_path, tune_score, extras)
+    metrics: dict[str, Any] = {"tune": tune_score}
+    if data.test is not None:
+        # occlusion seed 0: the fixed protocol `ferflow evaluate` uses by default
+        metrics["test"] = ev.evaluate_split(FerClassifier(onnx_path), data.test, data.classes, seed=0)
+    metrics["onnx_precision"] = extras["onnx_precision"]
+    _write_scores(cfg, metrics, data.classes, run_dir)
+    return metrics, onnx_path, extras
+
+
+def _keep_int8_if_cheap(cfg, data: TrainingData, fp32_path, onnx_path, fp32_score, extras) -> dict:
+    from ferflow import evaluate as ev
+    from ferflow import export as ex
+    from ferflow.predict import FerClassifier
+
+    calib = data.fit.pixels[np.random.default_rng(cfg.seed).permutation(len(data.fit))[:512]]
+    int8_path = ex.quantize_int8(fp32_path, onnx_path.parent / "model_int8.onnx", calib)
+    int8_score = ev.evaluate_split(FerClassifier(int8_path), data.tune, data.classes, occlusion=False)
+    cost = fp32_score["accuracy"] - int8_score["accuracy"]
+    extras["int8_tune_accuracy_cost"] = cost
+    if cost > 0.005:
+        return fp32_score
+    shutil.copyfile(int8_path, onnx_path)
+    extras["onnx_precision"] = "int8"
+    return int8_score
+
+
+def _keep_tta_if_it_pays(cfg, data: TrainingData, onnx_path, tta_score, extras) -> dict:
+    """TTA doubles the inference cost: keep it only for a clear gain on the tuning split."""
+    from ferflow import evaluate as ev
+    from ferflow import export as ex
+    from ferflow.predict import FerClassifier
+
+    plain = ev.evaluate_split(FerClassifier(onnx_path, tta="none"), data.tune, data.classes, occlusion=False)
+    gain = tta_score["accuracy"] - plain["accuracy"]
+    extras["tta_tune_accuracy_gain"] = gain
+    if gain >= cfg.tta_min_gain:
+        return tta_score
+    extras["tta"] = TestTimeAugmentation.NONE.value
+    ex.set_metadata(onnx_path, {"tta": extras["tta"]})
+    return plain
+
+
+def _write_scores(cfg: TrainConfig, metrics: dict[str, Any], classes: list[str], run_dir: Path) -> None:
+    from ferflow import evaluate as ev
+
+    report_split = "test" if "test" in metrics else "tune"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    ev.plot_confusion(
+        np.array(metrics[report_split]["confusion_matrix"]),
+        classes,
+        run_dir / "confusion_matrix.png",
+        title=f"{cfg.model} — {report_split} (normalised)",
+    )
+    (run_dir / "per_class_metrics.json").write_text(json.dumps(metrics[report_split]["per_class"], indent=2))
+
+
+# ----------------------------------------------------------------------------------------
+# tracking (MLflow)
+
+
+def start_tracking(cfg: TrainConfig, data: TrainingData, run_id: str | None, device: DeviceInfo) -> str:
+    """Start (or, with the run id of an interrupted run, reopen) the run's MLflow run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(Paths().mlflow_uri)
+    mlflow.set_experiment(cfg.experiment)
+    run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    if run_id:
+        return run.info.run_id
+    mlflow.log_params(
+        {
+            **_flat_params(cfg),
+            "dataset": data.name,
+            "steps_per_epoch": data.steps_per_epoch,
+            "n_fit": len(data.fit),
+            "n_tune": len(data.tune),
+            "n_test": len(data.test) if data.test is not None else 0,
+        }
+    )
+    mlflow.set_tags(
+        {
+            "dataset_md5": str(data.meta.get("source_version") or "unknown"),
+            "dataset_created": str(data.meta.get("created", "")),
+            "git_commit": git_commit(Path(__file__).resolve().parent) or "unknown",
+            "device": device.describe(),
+            "model": cfg.model,
+            "label_scheme": LabelScheme(cfg.label_scheme).value,
+        }
+    )
+    return run.info.run_id
+
+
+def finish_tracking(
+    cfg: TrainConfig,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    extras: dict[str, Any],
+    model,
+    keras_path: Path,
+    onnx_path: Path | None,
+    sample_pixels: np.ndarray,
+) -> None:
+    """Log the scores, decisions, plots and models to the active MLflow run, and end it."""
+    import mlflow
+
+    summary = {
+        f"{split}_{key}": m[key]
+        for split, m in metrics.items()
+        if isinstance(m, dict)
+        for key in ("accuracy", "macro_f1", "occluded_accuracy")
+        if key in m
+    }
+    history = load_history(run_dir / "history.json")
+    summary["train_seconds"] = sum(h.get("epoch_seconds", 0.0) for h in history)
+    for key in ("int8_tune_accuracy_cost", "tta_tune_accuracy_gain"):
+        if extras.get(key) is not None:
+            summary[key] = extras[key]
+    mlflow.log_metrics(summary)
+    mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
+    mlflow.set_tag("tta", extras.get("tta", TestTimeAugmentation(cfg.tta).value))
+    for name in (
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "per_class_metrics.json",
+        "metrics.json",
+        "history.json",
+    ):
+        if (run_dir / name).exists():
+            mlflow.log_artifact(str(run_dir / name))
+    _log_models(model, keras_path, onnx_path, sample_pixels)
+    mlflow.end_run()
 
 
 def _log_models(model, keras_path: Path, onnx_path: Path | None, sample_pixels: np.ndarray) -> None:

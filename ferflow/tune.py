@@ -493,7 +493,7 @@ class Objective:
         import keras
         import optuna
 
-        from ferflow.train import train
+        from ferflow.train import configure_device, fit_model, load_history, prepare_data
 
         started, started_cpu = time.perf_counter(), time.process_time()
         self.calls += 1
@@ -516,21 +516,15 @@ class Objective:
         report = _pruning_callback_class()(trial, on_epoch, self.cfg.prune_on)
         state, value, reason = "FAIL", None, ""
         try:
+            # a trial only fits: its value is its best epoch, read from the reports, so it writes
+            # no checkpoint, saves no model and exports nothing (fixed costs pruning cannot cut)
+            configure_device(tcfg.precision, verbose=False)
+            data = prepare_data(tcfg, self.data, self.cfg.steps_per_epoch or None, self.cfg.subset or None)
             with tempfile.TemporaryDirectory(prefix=f"ferflow-trial{trial.number}-") as run_dir:
-                result = train(
-                    tcfg,
-                    self.data,
-                    run_dir,
-                    track=False,
-                    export=False,
-                    steps_per_epoch=self.cfg.steps_per_epoch or None,
-                    limit_train=self.cfg.subset or None,
-                    callbacks=[report, *self.callbacks],
-                    verbose=0,
-                    checkpoint=False,  # a trial's value is its best epoch, read from the reports
-                    save=False,  # nor its model: ~1 s a trial, a fixed cost that pruning cannot cut
-                )
-            trial.set_user_attr("epochs_run", len(result.history))
+                callbacks = [report, *self.callbacks]
+                fit_model(tcfg, data, Path(run_dir), callbacks=callbacks, verbose=0, checkpoint=False)
+                history = load_history(Path(run_dir) / "history.json")
+            trial.set_user_attr("epochs_run", len(history))
             if report.nan_at is not None:
                 raise FloatingPointError(f"loss is NaN at epoch {report.nan_at + 1}")
             if not report.values:
