@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ADAPTERS_IN_CORE_PACKAGE = {"ferflow.cli"}  # the CLI is an adapter that lives beside the stages
+ADAPTERS_IN_CORE_PACKAGE = {"ferflow.cli", "ferflow.__main__"}  # the CLI: adapters beside the stages
 
 
 def _contracts() -> dict[str, dict]:

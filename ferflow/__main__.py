@@ -1,0 +1,5 @@
+"""``python -m ferflow``: the same command line as ``ferflow``."""
+
+from ferflow.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""``ferflow data``: pull, ingest, validate and describe datasets (ferflow.data, ferflow.validate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferflow.cli.common import PATHS, fail
+from ferflow.config import (
+    GateConfig,
+    IngestConfig,
+    LabelScheme,
+    LeakagePolicy,
+    SourceFormat,
+)
+
+app = typer.Typer(help="Pull, ingest, validate and describe datasets.", no_args_is_help=True)
+FormatOpt = Annotated[SourceFormat, typer.Option("--format", "-f", help="Layout of SRC.")]
+SrcArg = Annotated[
+    Path,
+    typer.Argument(help="Dataset in the given layout (for ferplus: a folder holding FER2013*/)."),
+]
+SchemeOpt = Annotated[LabelScheme, typer.Option("--scheme", help="FERPlus label scheme.")]
+ClassSetOpt = Annotated[str, typer.Option("--class-set", help="ferplus8, fer2013, clinical4, valence3.")]
+LeakageOpt = Annotated[
+    LeakagePolicy,
+    typer.Option("--leakage", help="fail on images shared across splits, or drop the less held-out copy."),
+]
+DropVotesOpt = Annotated[
+    bool,
+    typer.Option("--drop-bad-votes", help="drop vote rows not summing to the annotator count."),
+]
+MinCountOpt = Annotated[int, typer.Option("--min-class-count", help="fewest training images per class.")]
+ReportOpt = Annotated[Path, typer.Option("--report", help="folder for GX Data Docs and summary.json.")]
+
+_GATE = GateConfig()
+_INGEST = IngestConfig()
+
+
+def _ingest_config(
+    source_format: SourceFormat,
+    scheme: LabelScheme,
+    class_set: str,
+    leakage: LeakagePolicy,
+    drop_bad_votes: bool,
+    min_class_count: int,
+) -> IngestConfig:
+    gate = GateConfig(min_class_count=min_class_count, leakage=leakage, drop_bad_votes=drop_bad_votes)
+    return IngestConfig(source_format, scheme, class_set, gate)
+
+
+@app.command("pull")
+def data_pull(
+    root: Annotated[Path, typer.Option(help="project root (holds .dvc/ and data.dvc).")] = PATHS.root,
+) -> None:
+    """Materialise data/ from the DVC remote (default remote `storage`)."""
+    from ferflow.versioning import DataPullError, pull
+
+    try:
+        stats = pull(root)
+    except DataPullError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"dvc pull: {stats.get('fetched', 0)} fetched, {len(stats.get('added', []))} added")
+
+
+def _run_ingest(src: Path, out: Path | None, report: Path, config: IngestConfig) -> None:
+    from ferflow.data import IngestError, ingest, ingest_to_memory
+    from ferflow.validate import GateFailed
+
+    try:
+        if out is None:
+            result = ingest_to_memory(src, config, report_dir=report)
+        else:
+            result = ingest(src, out, config, report_dir=report)
+    except IngestError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    except GateFailed as exc:
+        raise fail(exc.report.human() + ("" if out is None else f"\nnothing written to {out}")) from exc
+    typer.echo(result.report.human())
+    for split, info in result.meta["splits"].items():
+        typer.echo(f"  {split}: {info['n']} images  {info['class_counts']}")
+    if out is not None:
+        typer.secho(f"canonical dataset written to {out}", fg=typer.colors.GREEN)
+
+
+@app.command("ingest")
+def data_ingest(
+    src: SrcArg = PATHS.ferplus_raw,
+    source_format: FormatOpt = _INGEST.source_format,
+    out: Annotated[Path, typer.Option("--out", "-o", help="canonical dataset folder.")] = PATHS.canonical,
+    scheme: SchemeOpt = _INGEST.label_scheme,
+    class_set: ClassSetOpt = _INGEST.class_set,
+    leakage: LeakageOpt = _GATE.leakage,
+    drop_bad_votes: DropVotesOpt = _GATE.drop_bad_votes,
+    min_class_count: MinCountOpt = _GATE.min_class_count,
+    report: ReportOpt = PATHS.artifacts / "validation",
+) -> None:
+    """Ingest SRC and run the validation gate; write the canonical dataset only if it passes."""
+    config = _ingest_config(source_format, scheme, class_set, leakage, drop_bad_votes, min_class_count)
+    _run_ingest(src, out, report, config)
+
+
+@app.command("validate")
+def data_validate(
+    src: SrcArg = PATHS.ferplus_raw,
+    source_format: FormatOpt = _INGEST.source_format,
+    scheme: SchemeOpt = _INGEST.label_scheme,
+    class_set: ClassSetOpt = _INGEST.class_set,
+    leakage: LeakageOpt = _GATE.leakage,
+    drop_bad_votes: DropVotesOpt = _GATE.drop_bad_votes,
+    min_class_count: MinCountOpt = _GATE.min_class_count,
+    report: ReportOpt = PATHS.artifacts / "validation",
+) -> None:
+    """Run the validation gate alone; writes nothing but its report. Exit 1 when it fails."""
+    config = _ingest_config(source_format, scheme, class_set, leakage, drop_bad_votes, min_class_count)
+    _run_ingest(src, None, report, config)
+
+
+@app.command("stats")
+def data_stats(
+    dataset: Annotated[Path, typer.Argument(help="canonical dataset folder.")] = PATHS.canonical,
+    plot: Annotated[
+        Path | None, typer.Option(help="class-balance PNG (default: DATASET/class_balance.png).")
+    ] = None,
+) -> None:
+    """Counts per split and class, duplicates, and a class-balance plot."""
+    from ferflow.canonical import open_dataset
+    from ferflow.plots import class_balance
+
+    try:
+        ds = open_dataset(dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    counts = {s: {c: ds.meta["splits"][s]["class_counts"][c] for c in ds.classes} for s in ds.splits}
+    width = max(len(c) for c in ds.classes)
+    typer.echo(
+        f"{dataset}: {ds.meta['source_format']} {ds.meta['source']} "
+        f"(version {ds.meta.get('source_version') or 'unversioned'}), scheme {ds.meta['label_scheme']}"
+    )
+    typer.echo(" " * (width + 2) + "".join(f"{s:>10}" for s in ds.splits))
+    for c in ds.classes:
+        typer.echo(f"  {c:<{width}}" + "".join(f"{counts[s][c]:>10}" for s in ds.splits))
+    typer.echo(f"  {'total':<{width}}" + "".join(f"{ds.meta['splits'][s]['n']:>10}" for s in ds.splits))
+    gate = ds.meta.get("gate", {})
+    if gate:
+        typer.echo(f"duplicates: {gate['duplicates']}; dropped by policy: {gate['dropped']}")
+    png = class_balance(
+        counts, plot or dataset / "class_balance.png", title=f"Class balance — {dataset.name}"
+    )
+    typer.echo(f"class-balance plot: {png}")

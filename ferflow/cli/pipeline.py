@@ -1,0 +1,194 @@
+"""``ferflow pipeline``: compile, run locally (kfp.local), submit, schedule (pipelines.driver)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferflow.cli.common import fail
+from ferflow.config import (
+    SourceFormat,
+)
+
+app = typer.Typer(
+    help="The Kubeflow training pipeline: compile, run locally (kfp.local), submit, schedule.",
+    no_args_is_help=True,
+)
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="pipeline profile: smoke or default.")]
+HostOpt = Annotated[
+    str, typer.Option("--host", help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888.")
+]
+ExperimentOpt = Annotated[str, typer.Option("--experiment", help="KFP experiment.")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", help="Kubernetes namespace (multi-user Kubeflow).")
+]
+PackageOpt = Annotated[
+    Path | None, typer.Option("--package", help="compiled pipeline YAML (default: compile now).")
+]
+SourceOpt = Annotated[str | None, typer.Option("--source", help="'dvc' (project data) or a dataset path.")]
+SourceFormatOpt = Annotated[SourceFormat | None, typer.Option("--format", "-f", help="layout of --source.")]
+DataVersionOpt = Annotated[
+    str | None, typer.Option("--data-version", help="expected DVC md5 of the data (fails on mismatch).")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="model name (ferflow.models).")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="training epochs.")]
+GpusOpt = Annotated[int, typer.Option("--gpus", help="accelerators for the train step.")]
+NodeSelectorOpt = Annotated[
+    list[str] | None,
+    typer.Option("--node-selector", help="KEY=VALUE for the train step's pods (repeatable; kfp-kubernetes)."),
+]
+TolerationOpt = Annotated[
+    list[str] | None,
+    typer.Option("--toleration", help="KEY=VALUE:EFFECT for the train step (repeatable; kfp-kubernetes)."),
+]
+RetriesOpt = Annotated[
+    int | None, typer.Option("--retries", help="retries of each step on a cluster [default: ClusterConfig].")
+]
+
+
+def _profile_arguments(profile: str, **overrides):
+    from ferflow.config import get_profile
+    from ferflow.pipeline import PipelineError, pipeline_arguments
+
+    try:
+        return pipeline_arguments(get_profile(profile), **overrides)
+    except (ValueError, PipelineError) as exc:
+        raise fail(f"error: {exc}", 2) from exc
+
+
+def _cluster_config(
+    gpus: int, node_selector: list[str] | None, toleration: list[str] | None, retries: int | None
+):
+    from ferflow.config import ClusterConfig
+
+    selectors: dict[str, str] = {}
+    for item in node_selector or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"error: --node-selector {item!r} is not KEY=VALUE", 2)
+        selectors[key] = value
+    tolerations = []
+    for item in toleration or []:
+        kv, sep, effect = item.rpartition(":")
+        key, eq, value = kv.partition("=")
+        if not sep or not eq or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise fail(
+                f"error: --toleration {item!r} is not KEY=VALUE:NoSchedule|PreferNoSchedule|NoExecute", 2
+            )
+        tolerations.append((key, value, effect))
+    if retries is None:
+        retries = ClusterConfig().retries
+    return ClusterConfig(gpus=gpus, node_selector=selectors, tolerations=tuple(tolerations), retries=retries)
+
+
+@app.command("compile")
+def pipeline_compile(
+    output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML file to write.")] = Path(
+        "ferflow-training.yaml"
+    ),
+    gpus: GpusOpt = 0,
+    node_selector: NodeSelectorOpt = None,
+    toleration: TolerationOpt = None,
+    retries: RetriesOpt = None,
+) -> None:
+    """Compile the training pipeline to KFP IR YAML (upload it or use it with submit --package)."""
+    from pipelines.driver import compile_pipeline, read_pipeline_spec
+
+    cluster = _cluster_config(gpus, node_selector, toleration, retries)
+    try:
+        path = compile_pipeline(output, cluster)
+    except RuntimeError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    spec, _ = read_pipeline_spec(path)  # what the cluster will parse, checked here
+    typer.echo(f"{path}: pipeline {spec.pipeline_info.name!r}, {len(spec.components)} components")
+
+
+@app.command("run")
+def pipeline_run(
+    profile: ProfileOpt = "default",
+    source: SourceOpt = None,
+    source_format: SourceFormatOpt = None,
+    data_version: DataVersionOpt = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+    min_class_count: Annotated[int | None, typer.Option("--min-class-count", help="gate minimum.")] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse unchanged steps.")] = True,
+    pipeline_root: Annotated[
+        Path | None, typer.Option("--pipeline-root", help="outputs and cache (default artifacts/pipeline).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream every step's log.")] = False,
+) -> None:
+    """Run the training pipeline on this machine (kfp.local); ends with the run summary."""
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import run_local
+
+    args = _profile_arguments(
+        profile,
+        source=source,
+        source_format=source_format.value if source_format else None,
+        data_version=data_version,
+        model_name=model,
+        epochs=epochs,
+        min_class_count=min_class_count,
+    )
+    typer.echo(f"ferflow pipeline, profile {profile}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
+    try:
+        run = run_local(args, pipeline_root=pipeline_root, cache=cache, verbose=verbose)
+    except PipelineError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    typer.echo(run.render())
+    if not run.succeeded:
+        raise typer.Exit(1)
+
+
+@app.command("submit")
+def pipeline_submit(
+    host: HostOpt,
+    profile: ProfileOpt = "default",
+    experiment: ExperimentOpt = "ferflow",
+    run_name: Annotated[str | None, typer.Option("--run-name", help="run display name.")] = None,
+    namespace: NamespaceOpt = None,
+    package: PackageOpt = None,
+    data_version: DataVersionOpt = None,
+    model: ModelOpt = None,
+    epochs: EpochsOpt = None,
+) -> None:
+    """Create one run of the training pipeline on a Kubeflow cluster."""
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import submit
+
+    args = _profile_arguments(profile, data_version=data_version, model_name=model, epochs=epochs)
+    try:
+        run_id = submit(host, args, experiment, run_name, namespace, package)
+    except PipelineError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    typer.echo(f"submitted run {run_id} (profile {profile}) to {host}")
+
+
+@app.command("schedule")
+def pipeline_schedule(
+    host: HostOpt,
+    cron: Annotated[
+        str, typer.Option("--cron", help="6-field cron: second minute hour day month weekday.")
+    ] = "0 0 3 * * *",
+    profile: ProfileOpt = "default",
+    experiment: ExperimentOpt = "ferflow",
+    name: Annotated[str | None, typer.Option("--name", help="recurring run name.")] = None,
+    namespace: NamespaceOpt = None,
+    package: PackageOpt = None,
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="runs at once.")] = 1,
+    catchup: Annotated[bool, typer.Option("--catchup/--no-catchup", help="backfill missed runs.")] = False,
+) -> None:
+    """Create a recurring run (scheduled retraining) of the training pipeline."""
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import schedule
+
+    args = _profile_arguments(profile)
+    try:
+        rr = schedule(host, cron, args, experiment, name, namespace, max_concurrency, catchup, package)
+    except PipelineError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    typer.echo(f"recurring run {rr.recurring_run_id} ({cron}, profile {profile}) created on {host}")

@@ -1,0 +1,95 @@
+"""``ferflow registry``: register, gate-and-promote, roll back (ferflow.registry, MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferflow.cli.common import PATHS, fail, load_splits
+from ferflow.config import (
+    SourceFormat,
+)
+
+app = typer.Typer(help="MLflow model registry: register, gate-and-promote, roll back.", no_args_is_help=True)
+ModelNameOpt = Annotated[str, typer.Option("--name", help="registered model name.")]
+
+
+@app.command("register")
+def registry_register(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a finished `ferflow train` run.")],
+    name: ModelNameOpt = "ferflow",
+) -> None:
+    """Register a training run's ONNX model as a new version and alias it `challenger`."""
+    from ferflow.config import RegistryConfig
+    from ferflow.registry import RegistryError, register
+
+    try:
+        version = register(run_id, RegistryConfig(model_name=name))
+    except RegistryError as exc:
+        raise fail(f"error: {exc}") from exc
+    typer.echo(f"registered {name} version {version.version} (alias challenger) from run {run_id}")
+
+
+@app.command("promote")
+def registry_promote(
+    dataset: Annotated[Path, typer.Option(help="evaluation set: canonical folder or raw layout.")] = (
+        PATHS.canonical
+    ),
+    source_format: Annotated[
+        SourceFormat | None, typer.Option("--format", help="layout of a raw --dataset.")
+    ] = (None),
+    split: Annotated[str, typer.Option(help="split to evaluate on.")] = "valid",
+    version: Annotated[str | None, typer.Option(help="version to gate (default: the challenger).")] = None,
+    name: ModelNameOpt = "ferflow",
+    margin: Annotated[float, typer.Option(help="required accuracy gain over the champion.")] = 0.0,
+    f1_margin: Annotated[float, typer.Option(help="allowed macro-F1 regression.")] = 0.0,
+    probe_image: Annotated[Path | None, typer.Option(help="photo for the /predict infra check.")] = None,
+) -> None:
+    """Gate the challenger: infra-validate, compare with the champion, promote or refuse (exit 1)."""
+    from ferflow.config import RegistryConfig
+    from ferflow.registry import RegistryError, promote
+
+    splits, meta = load_splits(dataset, source_format, "ferplus8", quiet=True)
+    if split not in splits:
+        raise fail(f"error: {dataset} has no split {split!r}; it has {sorted(splits)}", 2)
+    cfg = RegistryConfig(name, margin, f1_margin, str(probe_image) if probe_image else None)
+    try:
+        decision = promote(splits[split], list(meta["classes"]), version, cfg)
+    except RegistryError as exc:
+        raise fail(f"error: {exc}") from exc
+    typer.echo(decision.human())
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+@app.command("rollback")
+def registry_rollback(name: ModelNameOpt = "ferflow") -> None:
+    """Move `champion` back to the previous champion."""
+    from ferflow.config import RegistryConfig
+    from ferflow.registry import RegistryError, rollback
+
+    try:
+        current, previous = rollback(RegistryConfig(model_name=name))
+    except RegistryError as exc:
+        raise fail(f"error: {exc}") from exc
+    typer.echo(f"champion: version {current} -> {previous}")
+
+
+@app.command("list")
+def registry_list(name: ModelNameOpt = "ferflow") -> None:
+    """Versions with aliases, gate decisions and metrics."""
+    from ferflow.config import RegistryConfig
+    from ferflow.registry import list_versions
+
+    rows = list_versions(RegistryConfig(model_name=name))
+    if not rows:
+        typer.echo(f"no versions of {name!r}")
+    for row in rows:
+        aliases = ",".join(row["aliases"]) or "-"
+        gate = row.get("gate.promoted", "-")
+        acc = row.get("test_accuracy", row.get("gate.accuracy", "-"))
+        typer.echo(
+            f"v{row['version']:<4} {aliases:<22} gate={gate:<6} accuracy={acc}  {row.get('gate.reason', '')}"
+        )

@@ -1,0 +1,154 @@
+"""``ferflow train`` and ``ferflow evaluate`` (ferflow.train, ferflow.recipes, ferflow.evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ferflow.cli.common import PATHS, fail, load_splits
+from ferflow.config import (
+    SourceFormat,
+    TestTimeAugmentation,
+)
+
+app = typer.Typer()
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="recipe: a .yaml/.toml file, or a name in configs/ (reference, smoke)."
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="override a recipe field, e.g. --set epochs=10 --set augment.erase_prob=0.3."
+        ),
+    ] = None,
+    dataset: Annotated[
+        Path, typer.Option(help="canonical dataset folder (or a raw layout with --format).")
+    ] = PATHS.canonical,
+    source_format: Annotated[
+        SourceFormat | None, typer.Option("--format", help="ingest a raw layout in memory first.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="checkpoint/output folder.")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted run in --run-dir.")] = False,
+    export_dir: Annotated[
+        Path | None, typer.Option(help="also write model.onnx, metrics.json, MODEL_CARD.md here.")
+    ] = None,
+    track: Annotated[bool, typer.Option(help="log to MLflow (MLFLOW_TRACKING_URI).")] = True,
+    from_study: Annotated[
+        str | None,
+        typer.Option(help="Optuna study: its best trial's values replace the tuned fields."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="storage of --from-study (default: $FERFLOW_OPTUNA_STORAGE, else sqlite:///optuna.db)."
+        ),
+    ] = None,
+    print_recipe: Annotated[
+        bool, typer.Option("--print-recipe", help="print the resolved recipe as YAML and exit.")
+    ] = False,
+) -> None:
+    """Train a model on a dataset version; track, evaluate and export it.
+
+    The hyper-parameters are a recipe (TrainConfig): the defaults, or --config, with --set on top.
+    """
+    from ferflow.recipes import RecipeError, dump_recipe, load_recipe
+
+    try:
+        cfg = load_recipe(config, overrides or ())
+    except RecipeError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    if print_recipe:
+        typer.echo(dump_recipe(cfg), nl=False)
+        return
+    if from_study is not None:
+        from ferflow.tune import TuneError, best_train_config
+
+        try:
+            cfg = best_train_config(from_study, storage, base=cfg)
+        except TuneError as exc:
+            raise fail(f"error: {exc}", 2) from exc
+        typer.echo(
+            f"recipe from study {from_study!r}: lr {cfg.learning_rate:.3g}, weight decay "
+            f"{cfg.weight_decay:.3g}, width {cfg.width}, dropout {cfg.dropout:.2f}, batch {cfg.batch_size}, "
+            f"scheme {cfg.label_scheme.value}, rb margin {cfg.rb_margin:.3f}, erasing "
+            f"{cfg.augment.erase_prob:.2f}, rotation {cfg.augment.rotation_deg:.1f}°"
+        )
+    from ferflow.train import train
+
+    data = (
+        load_splits(dataset, source_format, "ferplus8", quiet=False) if source_format is not None else dataset
+    )
+    try:
+        result = train(cfg, data, run_dir, resume=resume, track=track, export_dir=export_dir)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    test = result.metrics.get("test") or result.metrics.get("tune") or {}
+    typer.echo(
+        f"trained {cfg.model} for {len(result.history)} epochs in {result.train_seconds / 60:.1f} min; "
+        f"accuracy {100 * test.get('accuracy', float('nan')):.2f} %, "
+        f"macro-F1 {test.get('macro_f1', float('nan')):.3f}  ({result.run_dir})"
+    )
+    if result.mlflow_run_id:
+        typer.echo(f"MLflow run {result.mlflow_run_id}; ONNX model runs:/{result.mlflow_run_id}/onnx")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    dataset: Annotated[
+        Path, typer.Option(help="canonical dataset folder, or a raw layout with --format.")
+    ] = PATHS.canonical,
+    model: Annotated[
+        str | None,
+        typer.Option(help="ONNX file/folder or MLflow URI (runs:/<id>/model); default: reference."),
+    ] = None,
+    source_format: Annotated[
+        SourceFormat | None, typer.Option("--format", help="layout of a raw --dataset.")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="split to score (default: most held-out).")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic occlusion.")] = 0,
+    tta: Annotated[
+        TestTimeAugmentation | None,
+        typer.Option(help="test-time augmentation; default: what the model's metadata says."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON.")] = False,
+) -> None:
+    """Score a model: accuracy (majority protocol), macro-F1, per-class recall, occlusion."""
+    import json
+
+    from ferflow.config import CLASS_SETS
+    from ferflow.evaluate import evaluate, resolve_model
+    from ferflow.predict import FerClassifier
+
+    try:
+        path = resolve_model(model)
+        classes = FerClassifier(path).classes
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    class_set = next((n for n, c in CLASS_SETS.items() if list(c.classes) == classes), None)
+    if source_format is not None and class_set is None:
+        raise fail(f"error: model classes {classes} match no configured class set", 2)
+    splits, meta = load_splits(dataset, source_format, class_set or "ferplus8", quiet=as_json)
+    try:
+        out = evaluate(path, splits, meta["classes"], split=split, seed=seed, tta=tta)
+    except (KeyError, ValueError) as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    out["dataset"] = str(dataset)
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"model {out['model']} on {dataset} [{out['split']}], n = {out['n']}")
+    typer.echo(
+        f"accuracy {100 * out['accuracy']:.2f} %   macro-F1 {out['macro_f1']:.3f}   "
+        f"occluded (16x16) {100 * out['occluded_accuracy']:.2f} %"
+    )
+    for c, r in out["per_class_recall"].items():
+        typer.echo(f"  {c:10s} recall {100 * r:6.2f} %  (n = {out['per_class'][c]['support']})")
