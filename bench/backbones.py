@@ -27,6 +27,7 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "ran_fm:w32": ("ran_fm", {"width": 32, "head_stages": 1}),
     "ran_fm:w32:h0": ("ran_fm", {"width": 32, "head_stages": 0}),
     "ran_fm:w40": ("ran_fm", {"width": 40, "head_stages": 1}),  # the reference recipe's backbone
+    "ran_fm:w8": ("ran_fm", {"width": 8, "head_stages": 1}),  # narrow: its stage-1 shortcut is split
     "ran_fm:w48": ("ran_fm", {"width": 48, "head_stages": 1}),
     "ran_fm:w64": ("ran_fm", {"width": 64, "head_stages": 1}),
     "ran_fm:w24": ("ran_fm", {"width": 24, "head_stages": 1}),
