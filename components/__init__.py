@@ -10,8 +10,10 @@ Tuning is three components: ``tune_setup`` (create/resume the Optuna study), ``t
 (fanned out with dsl.ParallelFor, every worker on the same RDB study) and ``tune_finalize``
 (fan-in through dsl.Collected; the best parameters feed ``train_model``).
 
-Still to come (see docs/kubeflow.md): ``register_and_promote`` (ferflow.registry, inside the
-pipeline's promotion ``dsl.If``).
+``evaluate_model`` returns the quality-floor decision as its ``Output: bool``; inside the
+pipeline's promotion ``dsl.If`` on it, ``register_and_promote`` registers the model and runs the
+registry gate (ferflow.registry: infra-validation, then champion/challenger comparison); it is
+never cached, since the champion changes outside the pipeline. See docs/kubeflow.md.
 """
 
 from kfp import dsl

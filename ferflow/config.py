@@ -163,7 +163,7 @@ class IngestConfig:
 
 # The embedded defaults of the main job: the DVC FERPlus pull, FERPlus 8 classes, majority
 # labels. FERPlus ships 269 Train images byte-identical to Valid images and one Train row with
-# 9 votes; the main job drops them (documented in README "Data quality") rather than failing.
+# 9 votes; the main job drops them (docs/data.md, "Data quality of FERPlus") rather than failing.
 FERPLUS_DEFAULT_INGEST = IngestConfig(
     gate=GateConfig(leakage=LeakagePolicy.DROP, drop_bad_votes=True),
 )
@@ -556,13 +556,13 @@ class TuneConfig:
     # a categorical parameter of the space ("label_scheme", "width", "batch_size") or "": the
     # pruner compares a trial only with the trials that drew the same choice. The three label
     # schemes' curves differ in shape early on; compared across schemes, the first trials of a
-    # scheme get pruned and TPE then stops drawing it (docs/benchmarks.md, issue 5)
+    # scheme get pruned and TPE then stops drawing it (docs/training.md, "Tuning")
     prune_within: str = ""
     # asha/median: judge each trial by its tuning accuracy plus the gain a trial with its
     # learning rate went on to make from that epoch to its end, a line in log(learning rate)
     # fitted on the study's complete trials. Early accuracy favours low rates that stall and
     # prunes the high rates that end best (short-horizon bias); the pruner waits for
-    # startup_trials complete trials to fit the line (docs/benchmarks.md, issue 5)
+    # startup_trials complete trials to fit the line (docs/training.md, "Tuning")
     horizon_correction: bool = False
     seed: int = 42
     space: TuneSpace = field(default_factory=TuneSpace)
