@@ -16,6 +16,23 @@ from ferflow.config import (
 app = typer.Typer()
 
 
+def _recipe_from_study(cfg, study: str, storage: str | None):
+    """``cfg`` with the best trial's values of an Optuna study; says which values it took."""
+    from ferflow.tune import TuneError, best_train_config
+
+    try:
+        cfg = best_train_config(study, storage, base=cfg)
+    except TuneError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    typer.echo(
+        f"recipe from study {study!r}: lr {cfg.learning_rate:.3g}, weight decay "
+        f"{cfg.weight_decay:.3g}, width {cfg.width}, dropout {cfg.dropout:.2f}, batch {cfg.batch_size}, "
+        f"scheme {cfg.label_scheme.value}, rb margin {cfg.rb_margin:.3f}, erasing "
+        f"{cfg.augment.erase_prob:.2f}, rotation {cfg.augment.rotation_deg:.1f}°"
+    )
+    return cfg
+
+
 @app.command("train")
 def train_cmd(
     config: Annotated[
@@ -70,18 +87,7 @@ def train_cmd(
         typer.echo(dump_recipe(cfg), nl=False)
         return
     if from_study is not None:
-        from ferflow.tune import TuneError, best_train_config
-
-        try:
-            cfg = best_train_config(from_study, storage, base=cfg)
-        except TuneError as exc:
-            raise fail(f"error: {exc}", 2) from exc
-        typer.echo(
-            f"recipe from study {from_study!r}: lr {cfg.learning_rate:.3g}, weight decay "
-            f"{cfg.weight_decay:.3g}, width {cfg.width}, dropout {cfg.dropout:.2f}, batch {cfg.batch_size}, "
-            f"scheme {cfg.label_scheme.value}, rb margin {cfg.rb_margin:.3f}, erasing "
-            f"{cfg.augment.erase_prob:.2f}, rotation {cfg.augment.rotation_deg:.1f}°"
-        )
+        cfg = _recipe_from_study(cfg, from_study, storage)
     from ferflow.train import train
 
     data = (
