@@ -258,7 +258,57 @@ def run_gate(
     started = time.perf_counter()
     frame = table.frame
     report_path = Path(report_dir) if report_dir is not None else None
+    policy_drop, dropped = _policy_drops(frame, gate)
 
+    checked = frame[~policy_drop].copy()
+    hashed = checked["content_hash"].notna()
+    checked.loc[hashed, "hash_splits"] = checked[hashed].groupby("content_hash")["split"].transform("nunique")
+    usable = checked["label"].isin(class_set.classes)
+    class_counts = describe_counts(checked[usable], list(class_set.classes))
+    train_counts = class_counts.get("train") or next(iter(class_counts.values()), {})
+    classes_frame = pd.DataFrame(
+        {"class": list(class_set.classes), "count": [train_counts.get(c, 0) for c in class_set.classes]}
+    )
+
+    checks = build_checks(class_set, gate, fixed_size=table.source_format in FIXED_SIZE_FORMATS)
+    gx_images = checked.drop(columns=["error"]).reset_index(drop=True).astype({"label": "object"})
+    docs_dir = report_path / "data_docs" if report_path is not None else None
+    outcome = _run_gx({"images": gx_images, "classes": classes_frame}, checks, docs_dir)
+
+    original_index = checked.index.to_numpy()
+    findings = _findings(checks, outcome, frame, original_index, classes_frame)
+    n_dropped = int(policy_drop.sum())
+    if n_dropped > gate.max_dropped_fraction * len(frame):
+        message = (
+            f"policies dropped {n_dropped} of {len(frame)} images, over the "
+            f"{gate.max_dropped_fraction:.0%} limit"
+        )
+        findings.append(Finding("max_dropped_fraction", "policy", message, []))
+
+    failed_rows = {
+        int(original_index[p])
+        for c in checks
+        if c.table == "images"
+        for p in outcome[c.name]["unexpected_index_list"]
+    }
+    keep = (~policy_drop & frame["label"].isin(class_set.classes)).to_numpy().copy()
+    if failed_rows:
+        keep[list(failed_rows)] = False
+
+    summary = _summary(table, class_set, gate, keep, n_dropped, checks, outcome, findings, dropped)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    report = GateReport(
+        passed=not findings, findings=findings, dropped=dropped, summary=summary, report_dir=report_path
+    )
+    if report_path is not None:
+        report_path.mkdir(parents=True, exist_ok=True)
+        summary["passed"] = report.passed
+        (report_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return report, keep
+
+
+def _policy_drops(frame: pd.DataFrame, gate: GateConfig) -> tuple[pd.Series, dict[str, list[str]]]:
+    """Rows the gate's policies drop (leaked copies, bad vote rows) and why, per reason."""
     dropped: dict[str, list[str]] = {}
     policy_drop = pd.Series(False, index=frame.index)
     if gate.leakage is LeakagePolicy.DROP:
@@ -275,37 +325,22 @@ def run_gate(
                 f"{frame.at[i, 'source']} (sum {int(frame.at[i, 'vote_sum'])})" for i in frame.index[bad]
             ]
         policy_drop |= bad
+    return policy_drop, dropped
 
-    checked = frame[~policy_drop].copy()
-    hashed = checked["content_hash"].notna()
-    checked.loc[hashed, "hash_splits"] = checked[hashed].groupby("content_hash")["split"].transform("nunique")
-    usable = checked["label"].isin(class_set.classes)
-    class_counts = describe_counts(checked[usable], list(class_set.classes))
-    train_counts = class_counts.get("train") or next(iter(class_counts.values()), {})
-    classes_frame = pd.DataFrame(
-        {
-            "class": list(class_set.classes),
-            "count": [train_counts.get(c, 0) for c in class_set.classes],
-        }
-    )
 
-    checks = build_checks(class_set, gate, fixed_size=table.source_format in FIXED_SIZE_FORMATS)
-    images_frame = checked.drop(columns=["error"]).reset_index(drop=True)
-    gx_images = images_frame.astype({"label": "object"})
-    docs_dir = report_path / "data_docs" if report_path is not None else None
-    outcome = _run_gx({"images": gx_images, "classes": classes_frame}, checks, docs_dir)
-
+def _findings(checks, outcome, frame: pd.DataFrame, original_index, classes_frame) -> list[Finding]:
+    """One finding per failed check, naming every offending file (or class)."""
     findings: list[Finding] = []
-    original_index = checked.index.to_numpy()
     for check in checks:
         result = outcome[check.name]
         if result["success"]:
             continue
         positions = result["unexpected_index_list"]
+        kind = type(check.expectation).__name__
         if check.table == "classes":
             bad = classes_frame.iloc[positions]
             sources = [f"class {c}: {n} images" for c, n in zip(bad["class"], bad["count"], strict=True)]
-            findings.append(Finding(check.name, type(check.expectation).__name__, check.description, sources))
+            findings.append(Finding(check.name, kind, check.description, sources))
             continue
         rows = [int(original_index[p]) for p in positions]
         sources = [str(frame.at[i, "source"]) for i in rows]
@@ -313,34 +348,15 @@ def run_gate(
             details = _leak_partner(frame, rows)
         else:
             details = [_describe_row(frame, i, check.name) for i in rows]
-        findings.append(
-            Finding(check.name, type(check.expectation).__name__, check.description, sources, details)
-        )
+        findings.append(Finding(check.name, kind, check.description, sources, details))
+    return findings
 
-    n_dropped = int(policy_drop.sum())
-    if n_dropped > gate.max_dropped_fraction * len(frame):
-        findings.append(
-            Finding(
-                "max_dropped_fraction",
-                "policy",
-                f"policies dropped {n_dropped} of {len(frame)} images, over the "
-                f"{gate.max_dropped_fraction:.0%} limit",
-                [],
-            )
-        )
 
-    failed_rows = {
-        int(original_index[p])
-        for c in checks
-        if c.table == "images"
-        for p in outcome[c.name]["unexpected_index_list"]
-    }
-    keep = (~policy_drop & frame["label"].isin(class_set.classes)).to_numpy().copy()
-    if failed_rows:
-        keep[list(failed_rows)] = False
-
+def _summary(table, class_set, gate, keep, n_dropped, checks, outcome, findings, dropped) -> dict[str, Any]:
+    """The machine-readable gate report (``summary.json``)."""
+    frame = table.frame
     hashed_all = frame["content_hash"].notna()
-    summary = {
+    return {
         "source": table.source_path,
         "source_format": table.source_format.value,
         "class_set": class_set.name,
@@ -365,20 +381,7 @@ def run_gate(
         "findings": [asdict(f) | {"count": f.count} for f in findings],
         "dropped": dropped,
         "gate": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(gate).items()},
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    report = GateReport(
-        passed=not findings,
-        findings=findings,
-        dropped=dropped,
-        summary=summary,
-        report_dir=report_path,
-    )
-    if report_path is not None:
-        report_path.mkdir(parents=True, exist_ok=True)
-        summary["passed"] = report.passed
-        (report_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return report, keep
 
 
 def _describe_row(frame: pd.DataFrame, i: int, check: str) -> str:
