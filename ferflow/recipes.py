@@ -80,6 +80,26 @@ def load_recipe(config: str | Path | None = None, overrides: Iterable[str] = ())
     return cfg
 
 
+def load_tune_config(config: str | Path | None = None, overrides: Iterable[str] = ()):
+    """``TuneConfig`` from a YAML/TOML file (defaults when None), then ``KEY=VALUE`` overrides.
+
+    Keys are ``TuneConfig`` fields; ``space.*`` is the search space and ``base.*`` the recipe
+    every trial starts from (``--set base.model=cnn``).
+    """
+    from ferflow.config import TuneConfig
+
+    cfg, where = TuneConfig(), "defaults"
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise RecipeError(f"tuning config {path} does not exist")
+        cfg, where = _build(TuneConfig, read_recipe(path), where=str(path)), str(path)
+    overrides = list(overrides)
+    cfg = apply_overrides(cfg, overrides)
+    check_train_config(cfg.base, where + (" with --set " + " ".join(overrides) if overrides else ""))
+    return cfg
+
+
 def check_train_config(cfg: TrainConfig, where: str = "recipe") -> None:
     """Refuse values no training can use, before any heavy import."""
     problems = []
@@ -151,14 +171,14 @@ def _build(cls: type, data: Mapping[str, Any], where: str, base: Any = None) -> 
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields, got {data!r}")
     types_ = _field_types(cls)
+    base = cls() if base is None else base  # a nested mapping layers onto the enclosing default
     values: dict[str, Any] = {}
     for key, raw in data.items():
         if key not in types_:
             raise _unknown(cls, str(key), where)
-        current = getattr(base, key) if base is not None else None
-        values[key] = _coerce(raw, types_[key], f"{where}: {key}", current)
+        values[key] = _coerce(raw, types_[key], f"{where}: {key}", getattr(base, key))
     try:
-        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+        return dataclasses.replace(base, **values)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"{where}: {exc}") from exc
 

@@ -95,3 +95,19 @@ def test_cli_prints_the_resolved_recipe_and_refuses_bad_keys_in_one_line(tmp_pat
     assert bad.exit_code == 2
     assert bad.output.startswith("error: --set epoch=4: unknown key 'epoch'") and bad.output.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_tuning_config_takes_the_same_typed_overrides(tmp_path):
+    from ferflow.config import PrunerName
+    from ferflow.recipes import load_tune_config
+
+    path = tmp_path / "study.yaml"
+    path.write_text("pruner: asha\nreduction_factor: 4\nbase: {model: cnn}\nspace: {width: [16, 24]}\n")
+    cfg = load_tune_config(path, ["horizon_correction=true", "base.epochs=3"])
+    assert cfg.pruner is PrunerName.ASHA and cfg.reduction_factor == 4 and cfg.horizon_correction
+    assert cfg.base.model == "cnn" and cfg.base.epochs == 3 and cfg.space.width == (16, 24)
+    assert cfg.base.early_stopping_patience == 0  # the tuning base keeps its own defaults
+    with pytest.raises(RecipeError, match="pruner: 'asa' is not one of"):
+        load_tune_config(None, ["pruner=asa"])
+    with pytest.raises(RecipeError, match="model 'vgg' is not one of"):
+        load_tune_config(None, ["base.model=vgg"])

@@ -208,8 +208,8 @@ def test_cli_resume_adds_trials_to_the_study_and_train_from_study(small_dataset,
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["tune", "--study", "resume", "--storage", storage, "--dataset", str(small_dataset)]
-    args += ["--model", "cnn", "--epochs", "1", "--steps-per-epoch", "3", "--subset", "300"]
-    args += ["--startup-trials", "1", "--experiment", "ferflow-tune-test"]
+    settings = ["base.model=cnn", "epochs=1", "steps_per_epoch=3", "subset=300", "startup_trials=1"]
+    args += [a for item in [*settings, "experiment=ferflow-tune-test"] for a in ("--set", item)]
     runner = CliRunner()
     first = runner.invoke(app, [*args, "--trials", "2"])
     assert first.exit_code == 0, first.output
