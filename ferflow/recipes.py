@@ -70,13 +70,8 @@ def read_recipe(path: Path) -> dict[str, Any]:
 
 def load_recipe(config: str | Path | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
     """``TrainConfig`` from the recipe ``config`` (defaults when None), then ``KEY=VALUE`` overrides."""
-    cfg, where = TrainConfig(), "defaults"
-    if config is not None:
-        path = recipe_path(config)
-        cfg, where = _build(TrainConfig, read_recipe(path), where=str(path)), str(path)
-    overrides = list(overrides)
-    cfg = apply_overrides(cfg, overrides)
-    check_train_config(cfg, where + (" with --set " + " ".join(overrides) if overrides else ""))
+    cfg, where = _load(TrainConfig, recipe_path(config) if config is not None else None, overrides)
+    check_train_config(cfg, where)
     return cfg
 
 
@@ -88,16 +83,22 @@ def load_tune_config(config: str | Path | None = None, overrides: Iterable[str] 
     """
     from ferflow.config import TuneConfig
 
-    cfg, where = TuneConfig(), "defaults"
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise RecipeError(f"tuning config {path} does not exist")
-        cfg, where = _build(TuneConfig, read_recipe(path), where=str(path)), str(path)
+    path = Path(config) if config is not None else None
+    if path is not None and not path.is_file():
+        raise RecipeError(f"tuning config {path} does not exist")
+    cfg, where = _load(TuneConfig, path, overrides)
+    check_train_config(cfg.base, where)
+    return cfg
+
+
+def _load(cls: type, path: Path | None, overrides: Iterable[str]) -> tuple[Any, str]:
+    """``cls`` from its defaults or the file at ``path``, with overrides; and where it came from."""
+    cfg, where = cls(), "defaults"
+    if path is not None:
+        cfg, where = _build(cls, read_recipe(path), where=str(path)), str(path)
     overrides = list(overrides)
     cfg = apply_overrides(cfg, overrides)
-    check_train_config(cfg.base, where + (" with --set " + " ".join(overrides) if overrides else ""))
-    return cfg
+    return cfg, where + (" with --set " + " ".join(overrides) if overrides else "")
 
 
 def check_train_config(cfg: TrainConfig, where: str = "recipe") -> None:

@@ -675,9 +675,12 @@ def train(
         model.save(keras_path)
         plot_learning_curves(history, run_dir / "learning_curves.png", title=cfg.model)
     metrics, onnx_path, extras = export_and_score(cfg, model, data, run_dir) if export else ({}, None, {})
-    if track:
-        finish_tracking(cfg, run_dir, metrics, extras, model, keras_path, onnx_path, data.tune.pixels[:8])
     train_seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
+    if track:
+        summary_extras = {**extras, "train_seconds": train_seconds}
+        finish_tracking(
+            cfg, run_dir, metrics, summary_extras, model, keras_path, onnx_path, data.tune.pixels[:8]
+        )
     result = TrainResult(
         run_dir, history, metrics, onnx_path, keras_path, mlflow_run, train_seconds, device, extras
     )
@@ -827,9 +830,7 @@ def finish_tracking(
         for key in ("accuracy", "macro_f1", "occluded_accuracy")
         if key in m
     }
-    history = load_history(run_dir / "history.json")
-    summary["train_seconds"] = sum(h.get("epoch_seconds", 0.0) for h in history)
-    for key in ("int8_tune_accuracy_cost", "tta_tune_accuracy_gain"):
+    for key in ("train_seconds", "int8_tune_accuracy_cost", "tta_tune_accuracy_gain"):
         if extras.get(key) is not None:
             summary[key] = extras[key]
     mlflow.log_metrics(summary)

@@ -54,6 +54,12 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
+def _ferflow(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The wheel's ``ferflow`` command, run outside the checkout."""
+    cmd = [str(venv / "bin" / "ferflow"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=300)
+
+
 def test_packages_import_from_the_wheel_not_the_checkout(venv, tmp_path):
     code = f"import importlib; print(*(importlib.import_module(p).__file__ for p in {PACKAGES!r}))"
     out = subprocess.check_output(
@@ -66,28 +72,14 @@ def test_packages_import_from_the_wheel_not_the_checkout(venv, tmp_path):
 
 def test_pipeline_compiles_from_the_wheel(venv, tmp_path):
     out = tmp_path / "pipeline.yaml"
-    proc = subprocess.run(
-        [str(venv / "bin" / "ferflow"), "pipeline", "compile", "--output", str(out)],
-        cwd=tmp_path,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _ferflow(venv, tmp_path, "pipeline", "compile", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pipeline 'ferflow-training'" in proc.stdout
     assert "pull-and-ingest" in out.read_text()
 
 
 def test_named_recipes_ship_in_the_wheel(venv, tmp_path):
-    proc = subprocess.run(
-        [str(venv / "bin" / "ferflow"), "train", "--config", "reference", "--print-recipe"],
-        cwd=tmp_path,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _ferflow(venv, tmp_path, "train", "--config", "reference", "--print-recipe")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "width: 40\n" in proc.stdout and "experiment: ferflow-reference\n" in proc.stdout
 
