@@ -79,62 +79,37 @@ def tune_setup(
     steps_per_epoch: int,
     track: bool,
 ) -> list:
-    """Create (or resume) the run's Optuna study and its MLflow parent run; returns one item
-    (study name, worker index, trial budget) per worker of the dsl.ParallelFor."""
-    from ferflow.pipeline import study_name, tune_config, tune_setup_step
+    """Create (or resume) the run's Optuna study and its MLflow parent run. Returns the workers'
+    plan: one item per worker of the dsl.ParallelFor, each carrying the study's whole TuneConfig,
+    the one object the later tuning steps take."""
+    from ferflow.pipeline import pipeline_tune_config, tune_setup_step
 
-    study = study_name(profile, version, model_name)
-    cfg = tune_config(
-        study, model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
+    cfg = pipeline_tune_config(
+        profile, version, model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
     )
     return tune_setup_step(cfg)
 
 
 @component
-def tune_worker(
-    dataset: Input[Dataset],
-    worker: dict,
-    model_name: str,
-    trial_epochs: int,
-    trials: int,
-    tune_workers: int,
-    trial_subset: int,
-    steps_per_epoch: int,
-    track: bool,
-) -> int:
+def tune_worker(dataset: Input[Dataset], worker: dict) -> int:
     """One worker of the shared study (its share of the trials, on Train minus the tuning split)."""
-    from ferflow.pipeline import tune_config, tune_worker_step
+    from ferflow.pipeline import tune_worker_step
 
-    cfg = tune_config(
-        worker["study"], model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
-    )
-    return tune_worker_step(cfg, dataset.path, worker)
+    return tune_worker_step(dataset.path, worker)
 
 
 @component
 def tune_finalize(
     worker_trials: list,
-    profile: str,
-    version: str,
-    model_name: str,
-    trial_epochs: int,
-    trials: int,
-    tune_workers: int,
-    trial_subset: int,
-    steps_per_epoch: int,
-    track: bool,
+    workers: list,
     study_report: Output[Artifact],
     metrics: Output[Metrics],
 ) -> str:
     """Fan-in: the tuned values train-model uses (JSON; ``{}`` keeps the recipe unless the best
     trial beat the untuned baseline), counts, plots and trials.csv."""
-    from ferflow.pipeline import log_metrics, study_name, tune_config, tune_finalize_step
+    from ferflow.pipeline import log_metrics, tune_finalize_step
 
-    study = study_name(profile, version, model_name)
-    cfg = tune_config(
-        study, model_name, trial_epochs, trials, tune_workers, trial_subset, steps_per_epoch, track
-    )
-    out = tune_finalize_step(cfg, study_report.path)
+    out = tune_finalize_step(workers[0]["tuning"], study_report.path)
     study_report.metadata.update({**out["study"], "worker_trials": list(worker_trials)})
     log_metrics(metrics, out["metrics"])
     return out["best_params"]

@@ -195,8 +195,9 @@ def study_name(profile: str, version: str, model_name: str) -> str:
     return f"{PIPELINE_NAME}-{profile}-{model_name}-{version[:16]}"
 
 
-def tune_config(
-    study: str,
+def pipeline_tune_config(
+    profile: str,
+    version: str,
     model_name: str,
     trial_epochs: int,
     trials: int,
@@ -205,9 +206,10 @@ def tune_config(
     steps_per_epoch: int,
     track: bool,
 ) -> TuneConfig:
-    """The study of a pipeline run: storage from ``FERFLOW_OPTUNA_STORAGE`` (a Secret on a cluster;
-    the project's ``optuna.db`` locally); each trial trains ``trial_epochs`` epochs on at most
-    ``trial_subset`` images (0: all of Train minus the tuning split).
+    """The study of a pipeline run, built once from the profile's tuning fields: storage from
+    ``FERFLOW_OPTUNA_STORAGE`` (a Secret on a cluster; the project's ``optuna.db`` locally); each
+    trial trains ``trial_epochs`` epochs on at most ``trial_subset`` images (0: all of Train
+    minus the tuning split).
 
     Width and batch size stay at the recipe's: they set the final training's cost, and a profile
     documents that time. Short trials also favour the cheaper, weaker settings of both.
@@ -216,7 +218,7 @@ def tune_config(
     return replace(
         base,
         space=replace(base.space, width=(base.base.width,), batch_size=(base.base.batch_size,)),
-        study=study,
+        study=study_name(profile, version, model_name),
         trials=trials,
         workers=max(1, workers),
         subset=trial_subset,
@@ -228,34 +230,39 @@ def tune_config(
 
 
 def tune_setup_step(cfg: TuneConfig) -> list[dict[str, Any]]:
-    """Create (or resume) the study and its MLflow parent run; one item per ParallelFor worker.
-
-    The items carry the study name and the worker's index and trial budget, so a worker needs
-    no other task's output (kfp.local 2.17 resolves outer task outputs inside a loop as 0.0).
+    """Create (or resume) the study and its MLflow parent run. Returns one item per ParallelFor
+    worker: the study's config as plain data (the object the later tuning steps take), the
+    worker's index and its trial budget. A worker thus needs no other task's output (kfp.local
+    2.17 resolves outer task outputs inside a loop as 0.0, and loops only over ``Output``).
     """
+    from ferflow.recipes import to_dict
     from ferflow.tune import create_study, split_trials
 
     create_study(cfg)
+    tuning = to_dict(cfg)
     budgets = split_trials(cfg.trials, cfg.workers)
-    return [{"study": cfg.study, "worker": i, "trials": n} for i, n in enumerate(budgets)]
+    return [{"tuning": tuning, "worker": i, "trials": n} for i, n in enumerate(budgets)]
 
 
-def tune_worker_step(cfg: TuneConfig, dataset_dir: str | Path, item: dict[str, Any]) -> int:
+def tune_worker_step(dataset_dir: str | Path, item: dict[str, Any]) -> int:
     """One ParallelFor worker: its share of the trial budget on the shared study (Train only)."""
+    from ferflow.recipes import tune_config_from_dict
     from ferflow.tune import run_worker
 
-    cfg = replace(cfg, study=str(item["study"]))
+    cfg = tune_config_from_dict(item["tuning"], "tune-worker item")
     return run_worker(cfg, dataset_dir, int(item["trials"]), worker=int(item["worker"]))
 
 
-def tune_finalize_step(cfg: TuneConfig, report_dir: str | Path) -> dict[str, Any]:
+def tune_finalize_step(tuning: dict[str, Any], report_dir: str | Path) -> dict[str, Any]:
     """The values train-model uses (JSON), counts, and the study report (plots, trials.csv).
 
     Train-model gets the best trial's values only when they beat the study's untuned baseline by
-    ``cfg.min_gain``; otherwise ``{}`` (the recipe), and ``study.decision`` says which and why.
+    ``min_gain``; otherwise ``{}`` (the recipe), and ``study.decision`` says which and why.
     """
+    from ferflow.recipes import tune_config_from_dict
     from ferflow.tune import finalize_study
 
+    cfg = tune_config_from_dict(tuning, "tune-finalize tuning")
     result = finalize_study(cfg, out_dir=report_dir)
     params, decision = result.adopted(cfg.min_gain)
     metrics: dict[str, Any] = {f"trials_{k.lower()}": v for k, v in result.states.items()}

@@ -91,6 +91,15 @@ def load_tune_config(config: str | Path | None = None, overrides: Iterable[str] 
     return cfg
 
 
+def tune_config_from_dict(data: Mapping[str, Any], where: str = "tuning config"):
+    """``TuneConfig`` from plain data (``to_dict``'s output): how pipeline steps pass a study."""
+    from ferflow.config import TuneConfig
+
+    cfg = _build(TuneConfig, data, where)
+    check_train_config(cfg.base, where)
+    return cfg
+
+
 def _load(cls: type, path: Path | None, overrides: Iterable[str]) -> tuple[Any, str]:
     """``cls`` from its defaults or the file at ``path``, with overrides; and where it came from."""
     cfg, where = cls(), "defaults"
@@ -241,6 +250,8 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():  # JSON between KFP steps: 40 -> 40.0
+            return int(value)
         raise RecipeError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):

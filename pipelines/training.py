@@ -75,6 +75,43 @@ def _configure_cluster(
             kubernetes.add_toleration(task, key=key, operator="Equal", value=value, effect=effect)
 
 
+def _data_steps(cluster: ClusterConfig, source, source_format, data_version, **gate):
+    """resolve-data (never cached: the data may have changed) and pull-and-ingest (GX gate)."""
+    version = resolve_data(source=source, source_format=source_format, data_version=data_version)
+    version.set_caching_options(False)
+    _configure_cluster(version, cluster, retry=False)
+    data = pull_and_ingest(source=source, version=version.output, source_format=source_format, **gate)
+    _configure_cluster(data, cluster, retry=False)  # a failed gate is not transient
+    return version, data
+
+
+def _tuning_steps(cluster: ClusterConfig, dataset, **study) -> dsl.PipelineTask:
+    """tune-setup builds the study's TuneConfig once; workers and finalize get it in its plan."""
+    setup = tune_setup(**study)
+    _configure_cluster(setup, cluster)
+    with dsl.ParallelFor(setup.output, name="tune-workers") as item:
+        # the item carries the study's config: no outer task output enters the loop body
+        worker = tune_worker(dataset=dataset, worker=item)
+        _configure_cluster(worker, cluster, heavy=True)
+    tuned = tune_finalize(worker_trials=dsl.Collected(worker.output), workers=setup.output)
+    _configure_cluster(tuned, cluster)
+    return tuned
+
+
+def _model_steps(cluster: ClusterConfig, dataset, tuned, registered_model, floors, **training):
+    """train-model, evaluate-model, and register-and-promote inside the promotion dsl.If."""
+    trained = train_model(dataset=dataset, tuned_params=tuned.outputs["Output"], **training)
+    _configure_cluster(trained, cluster, heavy=True)
+    evaluation = evaluate_model(model=trained.outputs["model"], dataset=dataset, **floors)
+    _configure_cluster(evaluation, cluster)
+    with dsl.If(evaluation.outputs["Output"] == True, name="promotion-gate"):  # noqa: E712
+        promoted = register_and_promote(
+            model=trained.outputs["model"], dataset=dataset, registered_model=registered_model
+        ).set_caching_options(False)
+        _configure_cluster(promoted, cluster, retry=False)  # a refused model is not transient
+    return trained, evaluation
+
+
 def build_pipeline(cluster: ClusterConfig | None = None):
     """The training pipeline function, with ``cluster`` settings applied to its tasks."""
     cluster = cluster or ClusterConfig()
@@ -108,66 +145,25 @@ def build_pipeline(cluster: ClusterConfig | None = None):
         outcome = record_outcome(profile=profile, track=track).set_caching_options(False)
         _configure_cluster(outcome, cluster)
         with dsl.ExitHandler(outcome, name="ferflow-run"):
-            version = resolve_data(source=source, source_format=source_format, data_version=data_version)
-            version.set_caching_options(False)
-            _configure_cluster(version, cluster, retry=False)
-            data = pull_and_ingest(
-                source=source,
-                version=version.output,
-                source_format=source_format,
-                class_set=class_set,
-                leakage=leakage,
-                drop_bad_votes=drop_bad_votes,
-                min_class_count=min_class_count,
-            )
-            _configure_cluster(data, cluster, retry=False)  # a failed gate is not transient
-            study = dict(
-                profile=profile,
-                version=version.output,
-                model_name=model_name,
-                trial_epochs=trial_epochs,
-                trials=trials,
-                tune_workers=tune_workers,
-                trial_subset=trial_subset,
-                steps_per_epoch=steps_per_epoch,
-                track=track,
-            )
-            setup = tune_setup(**study)
-            _configure_cluster(setup, cluster)
-            loop_args = {k: v for k, v in study.items() if k not in ("profile", "version")}
-            with dsl.ParallelFor(setup.output, name="tune-workers") as item:
-                # the item carries the study name: no outer task output enters the loop body
-                worker = tune_worker(dataset=data.outputs["dataset"], worker=item, **loop_args)
-                _configure_cluster(worker, cluster, heavy=True)
-            tuned = tune_finalize(worker_trials=dsl.Collected(worker.output), **study)
-            _configure_cluster(tuned, cluster)
-            trained = train_model(
-                dataset=data.outputs["dataset"],
-                model_name=model_name,
-                epochs=epochs,
-                limit_train=limit_train,
-                steps_per_epoch=steps_per_epoch,
-                track=track,
-                tuned_params=tuned.outputs["Output"],
-            )
-            _configure_cluster(trained, cluster, heavy=True)
-            evaluation = evaluate_model(
-                model=trained.outputs["model"],
-                dataset=data.outputs["dataset"],
-                min_accuracy=min_accuracy,
-                min_macro_f1=min_macro_f1,
-            )
-            _configure_cluster(evaluation, cluster)
-            with dsl.If(evaluation.outputs["Output"] == True, name="promotion-gate"):  # noqa: E712
-                promoted = register_and_promote(
-                    model=trained.outputs["model"],
-                    dataset=data.outputs["dataset"],
-                    registered_model=registered_model,
-                ).set_caching_options(False)
-                _configure_cluster(promoted, cluster, retry=False)  # a refused model is not transient
+            version, data = _data_steps(
+                cluster, source, source_format, data_version, class_set=class_set, leakage=leakage,
+                drop_bad_votes=drop_bad_votes, min_class_count=min_class_count,
+            )  # fmt: skip
+            dataset = data.outputs["dataset"]
+            tuned = _tuning_steps(
+                cluster, dataset, profile=profile, version=version.output, model_name=model_name,
+                trial_epochs=trial_epochs, trials=trials, tune_workers=tune_workers,
+                trial_subset=trial_subset, steps_per_epoch=steps_per_epoch, track=track,
+            )  # fmt: skip
+            trained, evaluation = _model_steps(
+                cluster, dataset, tuned, registered_model,
+                dict(min_accuracy=min_accuracy, min_macro_f1=min_macro_f1),
+                model_name=model_name, epochs=epochs, limit_train=limit_train,
+                steps_per_epoch=steps_per_epoch, track=track,
+            )  # fmt: skip
             summary = summarize_run(
                 profile=profile,
-                dataset=data.outputs["dataset"],
+                dataset=dataset,
                 data_metrics=data.outputs["metrics"],
                 model=trained.outputs["model"],
                 train_metrics=trained.outputs["metrics"],

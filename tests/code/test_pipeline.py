@@ -94,11 +94,15 @@ def test_tuning_fans_out_workers_on_one_study_and_feeds_training(compiled) -> No
     assert collected.producer_task == loop_name
     tuned = tasks["train-model"].inputs.parameters["tuned_params"].task_output_parameter
     assert (tuned.producer_task, tuned.output_parameter_key) == ("tune-finalize", "Output")
-    # setup and finalize derive the one study name from the same profile, data version and model;
-    # workers get it from their loop item
-    for step in ("tune-setup", "tune-finalize"):
-        params = tasks[step].inputs.parameters
-        assert {"profile", "version", "model_name", "trials", "tune_workers"} <= set(params), step
+    # tune-setup alone takes the profile's tuning fields; its plan of workers hands the study's
+    # config on as one object: to each worker inside its loop item, and to finalize
+    assert {"profile", "version", "model_name", "trials", "tune_workers"} <= set(
+        tasks["tune-setup"].inputs.parameters
+    )
+    assert set(tasks["tune-finalize"].inputs.parameters) == {"worker_trials", "workers"}
+    plan = tasks["tune-finalize"].inputs.parameters["workers"].task_output_parameter
+    assert (plan.producer_task, plan.output_parameter_key) == ("tune-setup", "Output")
+    assert set(body["tune-worker"].inputs.parameters) == {"worker"}
 
 
 def test_pipeline_parameters_are_the_profile_fields_with_default_profile_defaults(compiled) -> None:
@@ -280,13 +284,29 @@ def test_cli_schedule_and_compile(kfp_api: FakeKFP, tmp_path: Path) -> None:
 
 def test_pipeline_study_keeps_the_recipe_width_and_batch_and_starts_from_the_baseline() -> None:
     from ferflow.config import TrainConfig
-    from ferflow.pipeline import tune_config
+    from ferflow.pipeline import pipeline_tune_config
     from ferflow.tune import baseline_params
 
-    cfg = tune_config(
-        "s", "ran_fm", trial_epochs=5, trials=8, workers=2, trial_subset=4000, steps_per_epoch=0, track=False
-    )
+    cfg = pipeline_tune_config(
+        "smoke", "0123456789abcdef0123", "ran_fm", trial_epochs=5, trials=8, workers=2,
+        trial_subset=4000, steps_per_epoch=0, track=False,
+    )  # fmt: skip
+    assert cfg.study == "ferflow-training-smoke-ran_fm-0123456789abcdef"
     assert cfg.space.width == (TrainConfig.width,) and cfg.space.batch_size == (TrainConfig.batch_size,)
     assert cfg.baseline
     params = baseline_params(cfg)
     assert params["learning_rate"] == TrainConfig.learning_rate and params["width"] == TrainConfig.width
+
+
+def test_the_study_config_survives_the_trip_between_pipeline_steps() -> None:
+    """KFP passes the tuning object between steps as a protobuf Struct, whose numbers are all
+    floats: it must come back the same config."""
+    import json
+
+    from ferflow.pipeline import pipeline_tune_config
+    from ferflow.recipes import RecipeError, to_dict, tune_config_from_dict
+
+    cfg = pipeline_tune_config("p", "v" * 20, "cnn", 3, 6, 2, 100, 5, False)
+    assert tune_config_from_dict(json.loads(json.dumps(to_dict(cfg)), parse_int=float)) == cfg
+    with pytest.raises(RecipeError, match="tune-worker item: unknown key 'trails'"):
+        tune_config_from_dict({**to_dict(cfg), "trails": 3}, "tune-worker item")

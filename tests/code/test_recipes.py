@@ -55,6 +55,7 @@ def test_yaml_and_toml_recipes_agree_and_round_trip(tmp_path):
         (["lerning_rate=0.1"], "unknown key 'lerning_rate'"),
         (["augment.flipp=true"], "unknown key 'flipp'"),
         (["epochs=ten"], "epochs: expected an integer, got 'ten'"),
+        (["epochs=2.5"], "epochs: expected an integer, got 2.5"),
         (["quantize_int8=maybe"], "quantize_int8: expected true or false"),
         (["label_scheme=votes"], "'votes' is not one of majority, probability"),
         (["augment.scale_range=[1.0]"], "expected 2 values, got 1"),
