@@ -1,59 +1,20 @@
-"""Tuning benchmarks (issue 5): what pruning saves, and how workers on one study scale.
+"""Tuning benchmarks: what pruning saves, and how workers on one study scale.
 
-``pruning``: the same seeded 20-trial study on a Train subset, once with a pruner and once
-without; reports wall time, trials pruned, and the best tuning-split accuracy of each.
-Target: pruned < half the unpruned time, best value within 1 point.
-
-``replay``: Optuna's own pruner, built as ``ferflow tune`` builds it, applied to the recorded
-per-epoch curves of an unpruned study (``per_trial`` in a ``pruning`` JSON). Same trials, same
-order, no sampler reaction; cost = a fixed per-trial overhead + the epochs run × that trial's
-seconds per epoch. It answers "which trials would this pruner have kept, and for how long".
-
-``reaction``: what the seeded TPE sampler draws next for a categorical parameter, given a
-recorded study's first n trials (pruned ones included): the share of 40 sampler seeds per choice.
-It shows how pruning a choice's first trials steers the sampler away from it.
-
-``simulate``: whole studies with the sampler in the loop, on a surrogate built from recorded
-unpruned studies: each trial TPE draws is given the curve of the nearest recorded trial (same
-label scheme; distance in the normalised space, the learning rate weighted most) plus seeded
-noise. For each of ``--seeds`` sampler seeds it runs the study unpruned and with the pruner,
-and reports how often both targets hold; it shows how far one pair of real runs is luck.
-
-``horizon``: on an unpruned study's curves, the Spearman correlation of each epoch's accuracy with
-the final value, raw and horizon-corrected as ``--horizon-correction`` does (each trial's slope
-fitted on the other trials: leave one out).
-
-``compare``: a pruned study against its unpruned reference recorded at another time, with the
-host's speed difference taken from the trials both drew with identical parameters.
-
-``retime``: the trials of an unpruned and a pruned study recorded earlier, trained again for their
-recorded epochs, alternating between the two studies trial by trial, so that the host's drift
-(±15 % within an hour here) falls on both alike; each curve is checked against the recorded one.
+``pruning``: one seeded study on a Train subset with ``--pruner`` (``none`` for the unpruned
+reference); reports wall time, trials pruned, the best tuning-split accuracy, and each trial's
+per-epoch curve (``--out`` keeps them for ``paired``).
 
 ``paired``: the two studies of ``pruning`` (no pruner, and ``--pruner``) run in one process one
-trial of each in turn (ABBA), so that drift falls on both alike; wall and CPU seconds per study,
-each trial's path checked against recorded runs when their JSONs are given.
-
-``firststep``: a trial's fixed cost, the seconds from the start of ``fit`` to the end of the
-first training batch, against a later batch.
+trial of each in turn (ABBA), so that the host's drift falls on both alike; wall and CPU seconds
+per study, each trial's path checked against recorded runs when their JSONs are given.
 
 ``scaling``: a fixed trial budget on a PostgreSQL study (a throwaway server from
 ``scripts/postgres.sh`` unless ``--storage`` is given), one worker pinned to one core vs two
 workers each pinned to its own core; pruning off and a fixed architecture so every trial does
-the same work. Target: two workers ≥ 1.7× faster.
+the same work. Target: two workers >= 1.7x faster.
 
-Both use a small RAN (``--width``/``--depths``) and short trials so a run stays within about
-ten minutes on two shared cores; ``valid`` (the test set) is never read. Usage::
-
-    .venv/bin/python bench/tune.py pruning --subset 2000 --trials 20 --epochs 6 --pruner median
-    .venv/bin/python bench/tune.py pruning --subset 2000 --trials 20 --epochs 6 --pruner none
-    .venv/bin/python bench/tune.py replay bench/results/tune/none_s42.json --pruner asha --warmup 3
-    .venv/bin/python bench/tune.py reaction bench/results/tune/asha_loss_s42.json
-    .venv/bin/python bench/tune.py compare bench/results/tune/{none_s43,within_asha_s43}.json
-    .venv/bin/python bench/tune.py simulate bench/results/tune/none_s4{2,3}.json --pruner asha
-    .venv/bin/python bench/tune.py horizon bench/results/tune/none_s42.json
-    .venv/bin/python bench/tune.py scaling --trials 8 --workers 1
-    .venv/bin/python bench/tune.py scaling --trials 8 --workers 2
+All use a small RAN (``--width``/``--depths``) and short trials; ``valid`` (the test set) is
+never read. The commands behind docs/benchmarks.md ("Tuning") are written there.
 """
 
 from __future__ import annotations
@@ -69,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
@@ -167,394 +127,6 @@ def _recorded(path: Path) -> dict:
     if not study.get("per_trial"):
         raise SystemExit(f"{path}: no per_trial curves (write one with `bench/tune.py pruning --out`)")
     return study
-
-
-def _distributions(cfg) -> dict:
-    """Optuna's distributions of the search space, as ``ferflow.tune.suggest`` declares them."""
-    import optuna
-
-    from ferflow.tune import suggest
-
-    probe = optuna.create_study(direction="maximize")
-    trial = probe.ask()
-    suggest(trial, cfg)
-    return trial.distributions
-
-
-def _play(study, trial, curve: list[float], value: float) -> int:
-    """Report ``curve`` epoch by epoch until the pruner stops the trial; tell the study how it
-    ended (``value`` if it completed). Returns the epochs run. The last epoch is never judged:
-    stopping after it saves nothing, as in ``ferflow tune``."""
-    import optuna
-
-    for epoch, reported in enumerate(curve[:-1], start=1):
-        trial.report(reported, epoch)
-        if trial.should_prune():
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return epoch
-    study.tell(trial, value)
-    return len(curve)
-
-
-def replay(args) -> dict:
-    """Optuna's pruner over recorded curves; time relative to running every trial to the end."""
-    import optuna
-
-    from ferflow.tune import make_pruner
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    trials = _recorded(args.curves)["per_trial"]
-    incomplete = [t["number"] for t in trials if t["state"] != "COMPLETE"]
-    if incomplete:
-        raise SystemExit(f"{args.curves}: trials {incomplete} stopped early; replay needs an unpruned study")
-    args.epochs = len(trials[0]["curve"])  # Hyperband's maximum resource
-    cfg = bench_config(args, Path("."), "", "replay", args.pruner, 1, fixed=False)
-    distributions = _distributions(cfg)
-    replayed = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
-    spent = full = 0.0
-    rows = []
-    for t in trials:
-        curve = t["curve"] if args.prune_on == "accuracy" else [-v for v in t["val_loss"] or []]
-        epochs = len(t["curve"])
-        if len(curve) != epochs:
-            raise SystemExit(f"{args.curves}: trial {t['number']} has no per-epoch val_loss (older JSON)")
-        per_epoch = (t["seconds"] - args.overhead) / epochs
-        replayed.enqueue_trial(t["params"])
-        trial = replayed.ask(distributions)  # the recorded params (a per-choice pruner reads them)
-        ran = _play(replayed, trial, curve, t["value"])
-        complete = ran == epochs
-        spent += args.overhead + ran * per_epoch
-        full += t["seconds"]
-        rows.append({"number": t["number"], "epochs_run": ran, "value": t["value"] if complete else None})
-    kept = [r["value"] for r in rows if r["value"] is not None]
-    best_full = max(t["value"] for t in trials)
-    return {
-        "bench": "replay",
-        "curves": str(args.curves),
-        "pruner": args.pruner,
-        "prune_on": args.prune_on,
-        "first_decision_epoch": args.warmup + 1,
-        "reduction_factor": args.reduction_factor,
-        "prune_within": args.prune_within,
-        "time_ratio": round(spent / full, 3),
-        "complete": len(kept),
-        "best_unpruned": best_full,
-        "best_kept": max(kept) if kept else None,
-        "points_lost": round(100 * (best_full - max(kept)), 2) if kept else None,
-        "per_trial": rows,
-    }
-
-
-def reaction(args) -> dict:
-    """The share of sampler seeds drawing each choice of ``--param`` after the first n trials."""
-    import optuna
-
-    from ferflow.tune import make_sampler, suggest
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    trials = _recorded(args.curves)["per_trial"]
-    cfg = bench_config(args, Path("."), "", "reaction", "none", 1, fixed=False)
-    distributions = _distributions(cfg)
-    rows = []
-    for n in range(cfg.startup_trials, len(trials) + 1):
-        study = optuna.create_study(direction="maximize")
-        for t in trials[:n]:
-            steps = {i + 1: v for i, v in enumerate(t["curve"])}
-            complete = t["state"] == "COMPLETE"
-            study.add_trial(
-                optuna.trial.create_trial(
-                    params=t["params"],
-                    distributions=distributions,
-                    value=t["value"] if complete else None,
-                    state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
-                    intermediate_values=steps,
-                )
-            )
-        drawn: dict[str, int] = {}
-        for seed in range(args.seeds):
-            study.sampler = make_sampler(cfg, seed_offset=seed)
-            trial = study.ask()
-            choice = str(suggest(trial, cfg)[args.param])
-            drawn[choice] = drawn.get(choice, 0) + 1
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        share = {k: round(v / args.seeds, 3) for k, v in sorted(drawn.items())}
-        rows.append({"after_trials": n, "share": share})
-        print(f"after {n:2d} trials: " + ", ".join(f"{k} {v}" for k, v in share.items()), flush=True)
-    return {"bench": "reaction", "curves": str(args.curves), "param": args.param, "rows": rows}
-
-
-# simulate: the surrogate's distance weights (numeric parameters, over their normalised range;
-# a different width or batch size adds 0.5) and its noise, in accuracy (0-1): a per-trial
-# offset and a per-epoch wobble, about the spread of nearby configurations' recorded curves
-_SURROGATE_WEIGHTS = {
-    "learning_rate": 1.0,
-    "weight_decay": 0.3,
-    "dropout": 0.3,
-    "erase_prob": 0.1,
-    "rotation_deg": 0.1,
-    "rb_margin": 0.1,
-}
-_SURROGATE_NOISE = (0.004, 0.01)
-
-
-def _nearest(pool: list[dict], params: dict, space) -> dict:
-    """The recorded trial closest to ``params`` among those with its label scheme."""
-    import math
-
-    def spread(name: str) -> tuple[float, float, bool]:
-        lo, hi = getattr(space, name)
-        log = name in ("learning_rate", "weight_decay")
-        return (math.log(lo), math.log(hi), True) if log else (lo, hi, False)
-
-    def distance(t: dict) -> float:
-        other = t["params"]
-        d = 0.5 * (other["width"] != params["width"]) + 0.5 * (other["batch_size"] != params["batch_size"])
-        for name, weight in _SURROGATE_WEIGHTS.items():
-            lo, hi, log = spread(name)
-            a, b = (math.log(params[name]), math.log(other[name])) if log else (params[name], other[name])
-            d += weight * abs(a - b) / max(hi - lo, 1e-12)
-        return d
-
-    same = [t for t in pool if t["params"]["label_scheme"] == params["label_scheme"]]
-    if not same:  # a scheme no recorded trial drew: the nearest of any scheme
-        same = pool
-    return min(same, key=distance)
-
-
-def _simulated_study(cfg, pool: list[dict], overhead: float) -> tuple[float, float]:
-    """One seeded study on the surrogate: (seconds, best value)."""
-    import random
-
-    import optuna
-
-    from ferflow.tune import baseline_params, make_pruner, make_sampler, suggest
-
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg), pruner=make_pruner(cfg))
-    study.enqueue_trial(baseline_params(cfg))  # as create_study does for a new study
-    spent = 0.0
-    for number in range(cfg.trials):
-        trial = study.ask()
-        recorded = _nearest(pool, suggest(trial, cfg), cfg.space)
-        rng = random.Random(cfg.seed * 1000 + number)
-        offset = rng.gauss(0, _SURROGATE_NOISE[0])
-        curve = [v + offset + rng.gauss(0, _SURROGATE_NOISE[1]) for v in recorded["curve"]]
-        ran = _play(study, trial, curve, max(curve))
-        spent += overhead + ran * (recorded["seconds"] - overhead) / len(curve)
-    return spent, study.best_value
-
-
-def simulate(args) -> dict:
-    """Pruned vs unpruned studies on the recorded-curve surrogate, over many sampler seeds."""
-    import statistics
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    pool = [t for path in (args.curves, args.pruned) if path for t in _recorded(path)["per_trial"]]
-    pool = [t for t in pool if t["state"] == "COMPLETE"]
-    args.epochs = len(pool[0]["curve"])
-    rows = []
-    for seed in range(args.seeds):
-        args.seed = seed
-        ref = bench_config(args, Path("."), "", "simulate", "none", 1, fixed=False)
-        pruned = bench_config(args, Path("."), "", "simulate", args.pruner, 1, fixed=False)
-        (t0, b0), (t1, b1) = (
-            _simulated_study(ref, pool, args.overhead),
-            _simulated_study(pruned, pool, args.overhead),
-        )
-        rows.append(
-            {
-                "seed": seed,
-                "best_unpruned": round(b0, 4),
-                "best": round(b1, 4),
-                "time_ratio": round(t1 / t0, 3),
-                "points": round(100 * (b1 - b0), 2),
-            }
-        )
-    ratios, points = [r["time_ratio"] for r in rows], [r["points"] for r in rows]
-    summary = {
-        "seeds": args.seeds,
-        "both_targets": sum(r < 0.5 and p > -1 for r, p in zip(ratios, points, strict=True)),
-        "time_target": sum(r < 0.5 for r in ratios),
-        "points_target": sum(p > -1 for p in points),
-        "time_ratio_median": round(statistics.median(ratios), 3),
-        "points_median": round(statistics.median(points), 2),
-        "points_mean": round(statistics.mean(points), 2),
-        "best_unpruned_sd_points": round(100 * statistics.stdev(r["best_unpruned"] for r in rows), 2),
-    }
-    print(summary, file=sys.stderr)
-    return {
-        "bench": "simulate",
-        "pool": [str(args.curves), str(args.pruned)],
-        "pruner": args.pruner,
-        "horizon_correction": args.horizon_correction,
-        "first_decision_epoch": args.warmup + 1,
-        "reduction_factor": args.reduction_factor,
-        "prune_within": args.prune_within,
-        "summary": summary,
-        "per_seed": rows,
-    }
-
-
-def horizon(args) -> dict:
-    """Rank correlation of the accuracy at each early epoch with the final value, raw and corrected."""
-    import math
-    from types import SimpleNamespace
-
-    from scipy.stats import spearmanr
-
-    from ferflow.tune import horizon_slope
-
-    trials = [
-        SimpleNamespace(
-            params=t["params"], value=t["value"], intermediate_values=dict(enumerate(t["curve"], start=1))
-        )
-        for t in _recorded(args.curves)["per_trial"]
-        if t["state"] == "COMPLETE"
-    ]
-    finals = [t.value for t in trials]
-    rows = []
-    for epoch in range(1, args.epochs + 1):
-        raw = [t.intermediate_values[epoch] for t in trials]
-        corrected = [
-            t.intermediate_values[epoch]
-            + horizon_slope([o for o in trials if o is not t], epoch) * math.log(t.params["learning_rate"])
-            for t in trials
-        ]
-        rows.append(
-            {
-                "epoch": epoch,
-                "raw": round(float(spearmanr(raw, finals)[0]), 2),
-                "corrected": round(float(spearmanr(corrected, finals)[0]), 2),
-            }
-        )
-        print(f"epoch {epoch}: {rows[-1]['raw']:+.2f} -> {rows[-1]['corrected']:+.2f}", file=sys.stderr)
-    return {"bench": "horizon", "curves": str(args.curves), "trials": len(trials), "rows": rows}
-
-
-def compare(args) -> dict:
-    """A pruned study against its unpruned reference recorded at another time.
-
-    The trials both studies drew with identical parameters did the same work, so their times
-    give the host's speed difference; the reference's wall time is scaled by it. Epochs trained
-    give the same ratio without any clock.
-    """
-    ref_study, pruned_study = _recorded(args.curves), _recorded(args.pruned)
-    reference, pruned = ref_study["per_trial"], pruned_study["per_trial"]
-    by_params = {json.dumps(t["params"], sort_keys=True): t for t in reference}
-    spent = same_work = 0.0
-    shared = []
-    for t in pruned:
-        ref = by_params.get(json.dumps(t["params"], sort_keys=True))
-        if ref is None or not t.get("seconds"):
-            continue
-        per_epoch = (ref["seconds"] - args.overhead) / ref["epochs_run"]
-        spent += t["seconds"] - args.overhead
-        same_work += t["epochs_run"] * per_epoch
-        shared.append(t["number"])
-    if not shared:
-        raise SystemExit(f"{args.pruned}: no trial shares its parameters with {args.curves}")
-    speed = spent / same_work
-    epochs = sum(t["epochs_run"] or 0 for t in pruned)
-    full = sum(t["epochs_run"] or 0 for t in reference)
-    best_ref, best = ref_study["best_value"], pruned_study["best_value"]
-    out = {
-        "bench": "compare",
-        "reference": str(args.curves),
-        "pruned": str(args.pruned),
-        "shared_trials": shared,
-        "host_speed_factor": round(speed, 3),
-        "time_ratio_raw": round(pruned_study["seconds"] / ref_study["seconds"], 3),
-        "time_ratio": round(pruned_study["seconds"] / (ref_study["seconds"] * speed), 3),
-        "epochs_ratio": round(epochs / full, 3),
-        "best_reference": best_ref,
-        "best": best,
-        "points": round(100 * (best - best_ref), 2),
-    }
-    print({k: v for k, v in out.items() if k not in ("reference", "pruned")}, file=sys.stderr)
-    return out
-
-
-def retime(args) -> dict:
-    """Time two recorded studies' trials again, interleaved, so host drift hits both alike.
-
-    A seeded study is deterministic here (the repeated seed-44 study reached the same 20 values),
-    so its work is fixed: each trial's parameters and the epochs it ran. This trains every trial
-    of both studies for exactly its recorded epochs, as ``ferflow tune`` would, alternating
-    between the studies trial by trial (and which goes first in each pair). It checks each
-    trial's per-epoch tuning accuracy against the recorded curve; a study's trial 0, the first
-    training of its process, does not repeat after the warm-up (the later trials do). Optuna's own
-    bookkeeping (sampler, storage) is not in these times; `pruning` measures whole studies.
-    """
-    import optuna
-
-    from ferflow.tune import Objective, load_tuning_data
-
-    studies = {"reference": _recorded(args.curves), "pruned": _recorded(args.pruned)}
-    for name, study in studies.items():
-        recorded = study.get("args", {})
-        for key in (
-            "subset",
-            "epochs",
-            "steps",
-            "width",
-            "batch",
-            "depths",
-            "model",
-            "lr_warmup",
-            "precision",
-        ):
-            if key in recorded and recorded[key] != str(getattr(args, key)):
-                raise SystemExit(
-                    f"{name} study was recorded with --{key.replace('_', '-')} {recorded[key]}, "
-                    f"not {getattr(args, key)}: pass the options it was run with"
-                )
-    with tempfile.TemporaryDirectory(prefix="ferflow-bench-retime-") as tmp:  # the config's storage only
-        cfg = bench_config(args, Path(tmp), f"sqlite:///{tmp}/unused.db", "retime", "none", 1, fixed=False)
-        data = load_tuning_data(args.dataset)
-
-        def timed(trial: dict) -> dict:
-            """The trial as `ferflow tune` runs it (same objective, same clock), never pruned."""
-            stop = _stop_after(trial["epochs_run"])
-            fixed = optuna.trial.FixedTrial(trial["params"], number=trial["number"])
-            value = Objective(cfg, data, callbacks=[stop], verbose=False)(fixed)
-            return {
-                "number": trial["number"],
-                "epochs": len(stop.values),
-                "seconds": fixed.user_attrs["seconds"],
-                "value": value,
-                "same_curve": _same_curve(stop.values, trial["curve"][: len(stop.values)]),
-            }
-
-        n = max(len(s["per_trial"]) for s in studies.values())
-        n = min(n, args.trials) if args.trials else n
-        # untimed: the process's first training pays one-off costs (TF start-up, first kernels)
-        timed({**studies["reference"]["per_trial"][0], "epochs_run": 1})
-        timings: dict[str, list[dict]] = {"reference": [], "pruned": []}
-        for i in range(n):
-            order = ["reference", "pruned"] if i % 2 == 0 else ["pruned", "reference"]
-            for name in order:
-                trials = studies[name]["per_trial"]
-                if i < len(trials):
-                    timings[name].append(timed(trials[i]))
-                    t = timings[name][-1]
-                    print(
-                        f"{name:<9} trial {t['number']:>2}: {t['epochs']:>2} epochs, {t['seconds']:7.1f} s, "
-                        f"{t['value']:.4f}{'' if t['same_curve'] else ' (its recorded curve differs)'}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    total = {name: round(sum(t["seconds"] for t in ts), 1) for name, ts in timings.items()}
-    return {
-        "bench": "retime",
-        "reference": str(args.curves),
-        "pruned": str(args.pruned),
-        "pairs": n,
-        "seconds": total,
-        "time_ratio": round(total["pruned"] / total["reference"], 3),
-        "curves_reproduced": {name: sum(t["same_curve"] for t in ts) for name, ts in timings.items()},
-        "per_trial": timings,
-    }
 
 
 def paired(args) -> dict:
@@ -670,44 +242,6 @@ def _stop_after(epochs: int):
     return StopAfter()
 
 
-def firststep(args) -> dict:
-    """A trial's fixed cost: seconds from the start of ``fit`` to the end of the first training
-    batch (graph tracing and set-up) against a later batch, for the untuned trial of the bench's
-    space trained ``--epochs`` epochs as ``ferflow tune`` does, ``--trials`` times in one process."""
-    import keras
-    import optuna
-
-    from ferflow.tune import Objective, baseline_params, load_tuning_data
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.marks = {"begin": time.perf_counter()}
-
-        def on_train_batch_end(self, batch, logs=None):
-            if batch in (0, 1, 11):
-                self.marks[f"batch{batch}"] = time.perf_counter()
-
-    with tempfile.TemporaryDirectory(prefix="ferflow-bench-firststep-") as tmp:  # the config's storage only
-        cfg = bench_config(args, Path(tmp), f"sqlite:///{tmp}/unused.db", "firststep", "none", 1, fixed=True)
-        data = load_tuning_data(args.dataset)
-        rows = []
-        for run in range(args.trials):
-            clock = Clock()
-            trial = optuna.trial.FixedTrial({**_first_choices(cfg), **baseline_params(cfg)})
-            Objective(cfg, data, callbacks=[clock], verbose=False)(trial)
-            m = clock.marks
-            rows.append(
-                {
-                    "run": run,
-                    "first_batch_s": round(m["batch0"] - m["begin"], 2),
-                    "later_batch_s": round((m["batch11"] - m["batch1"]) / 10, 3),
-                    "trial_s": trial.user_attrs["seconds"],
-                }
-            )
-            print(rows[-1], file=sys.stderr, flush=True)
-    return {"bench": "firststep", "width": cfg.space.width[0], "batch": cfg.space.batch_size[0], "rows": rows}
-
-
 def scaling(args) -> dict:
     script = ROOT / "scripts" / "postgres.sh"
     started = None
@@ -730,14 +264,7 @@ def scaling(args) -> dict:
 
 BENCHES = {
     "pruning": pruning,
-    "replay": replay,
-    "reaction": reaction,
-    "compare": compare,
-    "simulate": simulate,
-    "horizon": horizon,
-    "retime": retime,
     "paired": paired,
-    "firststep": firststep,
     "scaling": scaling,
 }
 
@@ -749,17 +276,14 @@ def main() -> None:
         "curves",
         nargs="?",
         type=Path,
-        help="replay, reaction, compare, simulate, horizon, retime: a study's JSON; paired: optional",
+        help="paired (optional): the unpruned reference's recorded JSON",
     )
     ap.add_argument(
         "pruned",
         nargs="?",
         type=Path,
-        help="compare, retime, paired (optional): the pruned study's JSON; simulate: a second study",
+        help="paired (optional): the pruned study's recorded JSON",
     )
-    ap.add_argument("--overhead", type=float, default=8.0, help="replay: seconds per trial besides epochs")
-    ap.add_argument("--param", default="label_scheme", help="reaction: the categorical parameter")
-    ap.add_argument("--seeds", type=int, default=40, help="reaction: seeds per step; simulate: studies")
     ap.add_argument("--dataset", type=Path, default=ROOT / "artifacts" / "canonical")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--subset", type=int, default=2000, help="training images per trial")
@@ -790,13 +314,6 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     info["args"] = {k: str(v) for k, v in vars(args).items()}
-    if (
-        args.bench in ("replay", "reaction", "compare", "simulate", "horizon", "retime")
-        and args.curves is None
-    ):
-        ap.error(f"{args.bench} needs the JSON of an earlier `pruning --out` run")
-    if args.bench in ("compare", "retime") and args.pruned is None:
-        ap.error(f"{args.bench} needs the unpruned reference's JSON and the pruned study's JSON")
     bench = BENCHES[args.bench]
     result = {**info, **bench(args)}
     result["load_after"] = [round(x, 1) for x in os.getloadavg()]
