@@ -270,7 +270,7 @@ class Runtime(StrEnum):
 
     AUTO = "auto"  # OpenVINO when it agrees with ONNX Runtime on a probe batch, else ONNX Runtime
     ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"  # about 2.2x ONNX Runtime on the int8 reference model here (docs/benchmarks.md)
+    OPENVINO = "openvino"  # about 2.5x ONNX Runtime on the reference model (docs/benchmarks.md, Inference)
 
 
 RUNTIME_ENV = "FERFLOW_RUNTIME"

@@ -211,8 +211,8 @@ def _describe(data: bytes) -> str:
         return "unrecognised binary data"
 
 
-# A face crop at most this large decodes in about 0.1 ms: less than handing it to a worker
-# thread and back costs the event loop (docs/benchmarks.md), so a server may decode it inline.
+# A face crop at most this large decodes faster than a hop to a worker thread and back costs
+# the event loop, so a server may decode it inline.
 SMALL_IMAGE_PIXELS = 128 * 128
 SMALL_IMAGE_BYTES = 64 * 2**10
 

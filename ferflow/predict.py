@@ -188,8 +188,7 @@ class _OpenVINO:
     One single-threaded stream per thread, not one stream using all of them: a call is split
     into a part per stream that run side by side. A multi-threaded stream meets at a barrier
     after every layer, so on cores it shares with a server's event loop one preempted thread
-    stalls the other: 32 rows took 19.4 ms that way next to a busy Python thread and 14.8 ms as
-    two parts (7.8 vs 7.3 ms on quiet cores, and 11 % less CPU; docs/benchmarks.md).
+    stalls the others; single-threaded parts never wait for each other.
 
     Memory stays flat under a server's load because of two choices: parts are padded to a few
     sizes (:func:`_bucket`), and every part runs on one of the ``streams`` threads owned here,

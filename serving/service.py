@@ -250,8 +250,8 @@ class FERService:
 # --- HTTP routes (FastAPI, mounted on the BentoML app) ---------------------------------------
 # Plain functions, not methods of FERService: BentoML hands a method its `self` through a
 # synchronous FastAPI dependency (get_current_service), which FastAPI runs on a worker thread,
-# one thread round trip per request before the handler starts (docs/benchmarks.md). Called
-# directly, the same function is a global read.
+# one thread round trip per request before the handler starts. Called directly, the same
+# function is a global read.
 
 
 def _service() -> FERService:
