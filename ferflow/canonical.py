@@ -8,6 +8,11 @@ Every ingest layout ends here and every trainer starts here. Arrays per split:
 - ``label``         int16  (N,) index of the majority class in the class set
 - ``source``        str    (N,) source file name (or ``row<k>`` for CSV rows)
 - ``content_hash``  str    (N,) sha256 prefix of the 48x48 pixels (duplicate/leakage key)
+- ``dataset``       str    (N,) the source dataset a row came from (``ferplus``, ``photos``, ...)
+
+``dataset.json`` holds the classes, the label scheme and, under ``sources``, each source
+dataset's path, layout, DVC version, classes and gate summary. A dataset written before
+``dataset`` existed reads as one source named by its ``source`` folder.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Split:
     label: np.ndarray
     source: np.ndarray
     content_hash: np.ndarray
+    dataset: np.ndarray | None = None  # None: one unnamed source (filled in by CanonicalDataset.load)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -43,7 +49,7 @@ class Split:
         return Split(**{k: v[index] for k, v in self.arrays().items()})
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             "pixels": self.pixels,
             "votes": self.votes,
             "target": self.target,
@@ -51,6 +57,20 @@ class Split:
             "source": self.source,
             "content_hash": self.content_hash,
         }
+        if self.dataset is not None:
+            arrays["dataset"] = self.dataset
+        return arrays
+
+    def datasets(self) -> list[str]:
+        """The source datasets present, in order of first appearance."""
+        if self.dataset is None:
+            return []
+        names, first = np.unique(self.dataset, return_index=True)
+        return [str(n) for n in names[np.argsort(first)]]
+
+    def of_dataset(self, name: str) -> Split:
+        """The rows of one source dataset."""
+        return self.subset(np.flatnonzero(self.dataset == name))
 
 
 @dataclass
@@ -70,7 +90,16 @@ class CanonicalDataset:
         if split not in self.meta["splits"]:
             raise KeyError(f"{self.root}: no split {split!r}; it has {self.splits}")
         with np.load(self.root / f"{split}.npz", allow_pickle=False) as z:
-            return Split(**{k: z[k] for k in z.files})
+            arrays = {k: z[k] for k in z.files}
+        if "dataset" not in arrays:
+            arrays["dataset"] = np.full(len(arrays["label"]), self.default_source)
+        return Split(**arrays)
+
+    @property
+    def default_source(self) -> str:
+        """The source name of a single-source dataset: its first ``sources`` key, or its folder."""
+        sources = self.meta.get("sources") or {}
+        return next(iter(sources), None) or Path(str(self.meta.get("source", "data"))).name
 
 
 def open_dataset(root: str | Path) -> CanonicalDataset:

@@ -151,6 +151,12 @@ class GateConfig:
     leakage: LeakagePolicy = LeakagePolicy.FAIL
     drop_bad_votes: bool = False  # drop rows whose votes do not sum to the annotator count
     max_dropped_fraction: float = 0.05  # a drop policy that removes more than this fails
+    # photos where face detection finds no face: dropped and listed in the report (never
+    # centre-cropped instead), or a failed gate
+    drop_no_face: bool = False
+    # every class of the class set needs min_class_count training images; False: only the
+    # classes the source has at all (a photo pool without fear or contempt)
+    require_every_class: bool = True
 
 
 @dataclass(frozen=True)
@@ -161,11 +167,36 @@ class IngestConfig:
     gate: GateConfig = field(default_factory=GateConfig)
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """One source dataset of a multi-source ingest: its rows keep ``name`` in ``dataset``.
+
+    Folder trees of photos go through the serving path's face detection and FER framing at
+    ingest (images already 48x48 are taken as face crops); see ``ferflow.data``.
+    """
+
+    name: str  # lowercase letters, digits, - or _: a column value and a report folder name
+    path: str  # relative to the project root, or absolute
+    source_format: SourceFormat = SourceFormat.FOLDERS
+    gate: GateConfig = field(default_factory=GateConfig)
+    weight: float = 1.0  # default training weight of its rows (TrainConfig.source_weights wins)
+
+
+# Gate for labelled photo trees: drop (and list) photos without a detectable face and cross-split
+# copies; a pool may lack classes, but each class it has needs 20 training images.
+PHOTO_GATE = GateConfig(leakage=LeakagePolicy.DROP, drop_no_face=True, require_every_class=False)
+
 # The embedded defaults of the main job: the DVC FERPlus pull, FERPlus 8 classes, majority
 # labels. FERPlus ships 269 Train images byte-identical to Valid images and one Train row with
 # 9 votes; the main job drops them (docs/data.md, "Data quality of FERPlus") rather than failing.
 FERPLUS_DEFAULT_INGEST = IngestConfig(
     gate=GateConfig(leakage=LeakagePolicy.DROP, drop_bad_votes=True),
+)
+
+# The sources of ``data/`` (``data.dvc``): FERPlus and the labelled photos, one canonical dataset.
+DEFAULT_SOURCES: tuple[DataSource, ...] = (
+    DataSource("ferplus", "data/ferplus", SourceFormat.FERPLUS, FERPLUS_DEFAULT_INGEST.gate),
+    DataSource("photos", "data/photos", SourceFormat.FOLDERS, PHOTO_GATE),
 )
 
 
@@ -327,6 +358,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     class_weight_power: float = 0.25  # sample weight (n_mean / n_class) ** power; 0 = unweighted
+    # loss weight of each source dataset's rows (``{photos: 2.0}``), times the class weight;
+    # a source not named keeps its ingest weight (1); 0 leaves the source out of training
+    source_weights: dict[str, float] = field(default_factory=dict)
     tune_fraction: float = 0.1  # stratified tuning split carved from train (early stopping)
     early_stopping_patience: int = 10
     seed: int = 42
@@ -335,10 +369,11 @@ class TrainConfig:
     quantize_int8: bool = True  # keep the int8 ONNX only if it costs <= 0.5 accuracy points
     tta: TestTimeAugmentation = TestTimeAugmentation.HFLIP  # written into the export's metadata ...
     tta_min_gain: float = 0.003  # ... if it gains >= 0.3 points on the tuning split (else "none")
+    robustness: bool = True  # run the robustness suite on the test split after export
     experiment: str = "ferflow-train"
 
 
-EXPORT_ONLY_FIELDS = frozenset({"quantize_int8", "tta", "tta_min_gain", "experiment"})
+EXPORT_ONLY_FIELDS = frozenset({"quantize_int8", "tta", "tta_min_gain", "robustness", "experiment"})
 """TrainConfig fields that do not change the fit: ``--resume`` may change them (re-export)."""
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from ferflow.canonical import Split, write_dataset
@@ -30,13 +30,14 @@ from ferflow.config import (
     IMAGE_SIZE,
     SPLIT_ORDER,
     ClassSet,
+    DataSource,
     IngestConfig,
     LabelScheme,
     SourceFormat,
     get_class_set,
 )
 from ferflow.labels import hard_label_votes, scheme_distribution, to_class_set
-from ferflow.table import IngestTable
+from ferflow.table import NO_FACE, IngestTable
 
 if TYPE_CHECKING:
     from ferflow.validate import GateReport
@@ -97,8 +98,26 @@ def to_canonical_pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
-def decode_image(path: Path, record: ImageRecord) -> None:
-    """Fill ``record`` from an image file; a missing, truncated or non-image file sets ``error``."""
+def _face_pixels(image: Image.Image, record: ImageRecord) -> None:
+    """A photo's face through the serving path's detector and FER framing; an image already
+    48x48 is a face crop as it stands. No face: ``error`` says so (never a centre crop)."""
+    from ferflow.faces import main_face_crop
+
+    if image.size == (IMAGE_SIZE, IMAGE_SIZE):
+        record.pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+        return
+    rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    crop = main_face_crop(rgb)
+    if crop is None:
+        record.error = NO_FACE
+    else:
+        record.pixels = crop
+
+
+def decode_image(path: Path, record: ImageRecord, detect: bool = False) -> None:
+    """Fill ``record`` from an image file; a missing, truncated or non-image file sets ``error``.
+
+    ``detect``: find the face (photos); otherwise the image is the face, centre-square cropped."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -114,7 +133,10 @@ def decode_image(path: Path, record: ImageRecord) -> None:
         with Image.open(io.BytesIO(data)) as image:
             record.width, record.height = image.size
             image.load()  # forces a full decode: truncated files fail here, not later
-            record.pixels = to_canonical_pixels(image)
+            if detect:
+                _face_pixels(image, record)
+            else:
+                record.pixels = to_canonical_pixels(image)
     except UnidentifiedImageError:
         record.error = "not an image"
     except (OSError, SyntaxError, ValueError) as exc:
@@ -212,7 +234,7 @@ def read_fer2013_csv(src: Path) -> Iterator[ImageRecord]:
             yield record
 
 
-def _folder_splits(src: Path) -> list[tuple[Path, str]]:
+def folder_splits(src: Path) -> list[tuple[Path, str]]:
     subdirs = [p for p in sorted(src.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     splits = [
         (p, FOLDER_SPLIT_NAMES[p.name.lower()]) for p in subdirs if p.name.lower() in FOLDER_SPLIT_NAMES
@@ -225,8 +247,9 @@ def _folder_splits(src: Path) -> list[tuple[Path, str]]:
 
 
 def read_folders(src: Path) -> Iterator[ImageRecord]:
-    """Folder-per-class trees (``train/angry/x.jpg``), any image size or colour."""
-    for split_dir, split in _folder_splits(src):
+    """Folder-per-class trees (``train/angry/x.jpg``) of photos of any size or colour: each goes
+    through face detection and FER framing, as the server does; 48x48 images are face crops."""
+    for split_dir, split in folder_splits(src):
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in sorted(class_dir.rglob("*")):
                 if not path.is_file() or path.name.startswith("."):
@@ -236,7 +259,7 @@ def read_folders(src: Path) -> Iterator[ImageRecord]:
                     source=str(path.relative_to(src)),
                     raw_label=CLASS_SYNONYMS.get(class_dir.name.lower(), class_dir.name),
                 )
-                decode_image(path, record)
+                decode_image(path, record, detect=True)
                 yield record
 
 
@@ -245,6 +268,15 @@ READERS = {
     SourceFormat.FER2013_CSV: read_fer2013_csv,
     SourceFormat.FOLDERS: read_folders,
 }
+
+
+def infer_format(src: Path) -> SourceFormat:
+    """The layout of ``src``: FERPlus split folders, a FER2013 CSV, else a folder tree of photos."""
+    if src.is_file() or (src.is_dir() and any(src.glob("*.csv")) and not any(src.glob("*/"))):
+        return SourceFormat.FER2013_CSV
+    if any((src / d).is_dir() for d in FERPLUS_SPLIT_DIRS):
+        return SourceFormat.FERPLUS
+    return SourceFormat.FOLDERS
 
 
 def count_hint(src: Path, source_format: SourceFormat) -> int | None:
@@ -356,7 +388,8 @@ def build_table(
 class IngestResult:
     splits: dict[str, Split]
     meta: dict
-    report: GateReport
+    report: GateReport  # the last source's; ``reports`` has every source's
+    reports: dict[str, GateReport] = field(default_factory=dict)
 
 
 def ingest_to_memory(
@@ -364,8 +397,10 @@ def ingest_to_memory(
     config: IngestConfig | None = None,
     report_dir: str | Path | None = None,
     progress: bool = True,
+    name: str | None = None,
 ) -> IngestResult:
-    """Read ``src``, run the gate, and return the canonical splits without writing them.
+    """Read ``src``, run the gate, and return the canonical splits without writing them. Rows
+    keep ``name`` (default: the folder's name) as their ``dataset``.
 
     Raises :class:`~ferflow.validate.GateFailed` (carrying the report) when the gate fails.
     """
@@ -374,11 +409,46 @@ def ingest_to_memory(
     config = config or IngestConfig()
     class_set = get_class_set(config.class_set)
     src = Path(src)
+    name = name or src.stem
     records = read_source(src, config.source_format, progress=progress)
     table = build_table(records, config.label_scheme, class_set, SourceFormat(config.source_format), str(src))
     report, keep = run_gate(table, class_set, config.gate, report_dir)
     if not report.passed:
         raise GateFailed(report)
+    splits = _kept_splits(table, keep, name)
+    source_meta = {
+        "path": str(src),
+        "source_format": SourceFormat(config.source_format).value,
+        "version": dvc_version_of(src),
+        "classes": sorted(
+            {c for counts in report.summary["class_counts"].values() for c, n in counts.items() if n}
+        ),
+        "splits": {k: len(v) for k, v in splits.items()},
+        "gate": {
+            "passed": True,
+            "dropped": {k: len(v) for k, v in report.dropped.items()},
+            "duplicates": report.summary["duplicates"],
+        },
+    }
+    meta = {
+        "classes": list(class_set.classes),
+        "class_set": class_set.name,
+        "label_scheme": LabelScheme(config.label_scheme).value,
+        "source_format": source_meta["source_format"],
+        "source": str(src),
+        "source_version": source_meta["version"],
+        "splits": {
+            split: {"n": len(s), "class_counts": report.summary["class_counts"].get(split, {})}
+            for split, s in splits.items()
+        },
+        "gate": source_meta["gate"],
+        "sources": {name: source_meta},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return IngestResult(splits, meta, report, {name: report})
+
+
+def _kept_splits(table: IngestTable, keep: np.ndarray, name: str) -> dict[str, Split]:
     frame = table.frame
     splits: dict[str, Split] = {}
     for split in SPLIT_ORDER:
@@ -393,26 +463,75 @@ def ingest_to_memory(
             label=target.argmax(axis=1).astype(np.int16),
             source=frame["source"].to_numpy()[idx].astype(str),
             content_hash=frame["content_hash"].to_numpy()[idx].astype(str),
+            dataset=np.full(idx.size, name),
         )
+    return splits
+
+
+def ingest_sources(
+    sources: Sequence[DataSource],
+    label_scheme: LabelScheme = LabelScheme.MAJORITY,
+    class_set: str = "ferplus8",
+    report_dir: str | Path | None = None,
+    progress: bool = True,
+    root: str | Path = ".",
+    out: str | Path | None = None,
+) -> IngestResult:
+    """Several source datasets into one canonical dataset: each through its own gate (report in
+    ``report_dir/<name>``), rows tagged with their source's name. A training image identical to
+    another source's held-out image is dropped and counted (``cross_source_leaks``). With ``out``,
+    the dataset is written there (atomically; a failed gate leaves ``out`` untouched)."""
+    names = [s.name for s in sources]
+    if not sources or len(set(names)) != len(names):
+        raise IngestError(f"sources need distinct names, got {names}")
+    results = {}
+    for source in sources:
+        path = Path(source.path) if Path(source.path).is_absolute() else Path(root) / source.path
+        config = IngestConfig(source.source_format, label_scheme, class_set, source.gate)
+        reports = None if report_dir is None else Path(report_dir) / source.name
+        results[source.name] = ingest_to_memory(path, config, reports, progress, name=source.name)
+    splits, leaks = _merge_splits([r.splits for r in results.values()])
+    first = next(iter(results.values())).meta
     meta = {
-        "classes": list(class_set.classes),
-        "class_set": class_set.name,
-        "label_scheme": LabelScheme(config.label_scheme).value,
-        "source_format": SourceFormat(config.source_format).value,
-        "source": str(src),
-        "source_version": dvc_version_of(src),
+        **{k: first[k] for k in ("classes", "class_set", "label_scheme")},
+        "source": "+".join(names),
+        "source_format": "sources",
+        "source_version": first["source_version"],
         "splits": {
-            name: {"n": len(s), "class_counts": report.summary["class_counts"].get(name, {})}
-            for name, s in splits.items()
+            split: {"n": len(s), "class_counts": _class_counts(s, first["classes"])}
+            for split, s in splits.items()
         },
-        "gate": {
-            "passed": True,
-            "dropped": {k: len(v) for k, v in report.dropped.items()},
-            "duplicates": report.summary["duplicates"],
-        },
+        "sources": {s.name: {**results[s.name].meta["sources"][s.name], "weight": s.weight} for s in sources},
+        "cross_source_leaks": leaks,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return IngestResult(splits, meta, report)
+    if out is not None:
+        write_dataset(out, splits, meta)
+    last = results[names[-1]].report
+    return IngestResult(splits, meta, last, {n: r.report for n, r in results.items()})
+
+
+def _class_counts(split: Split, classes: list[str]) -> dict[str, int]:
+    counts = np.bincount(split.label.astype(int), minlength=len(classes))
+    return {c: int(n) for c, n in zip(classes, counts, strict=True)}
+
+
+def _merge_splits(parts: list[dict[str, Split]]) -> tuple[dict[str, Split], int]:
+    """Concatenate the sources' splits; drop training rows whose pixels a held-out split holds."""
+    merged: dict[str, Split] = {}
+    for split in SPLIT_ORDER:
+        pieces = [p[split] for p in parts if split in p]
+        if pieces:
+            merged[split] = Split(
+                **{k: np.concatenate([piece.arrays()[k] for piece in pieces]) for k in pieces[0].arrays()}
+            )
+    held_out = {h for split, s in merged.items() if split != "train" for h in s.content_hash}
+    leaks = 0
+    if "train" in merged and held_out:
+        clean = ~np.isin(merged["train"].content_hash, list(held_out))
+        leaks = int((~clean).sum())
+        merged["train"] = merged["train"].subset(np.flatnonzero(clean))
+    return merged, leaks
 
 
 def ingest(

@@ -492,3 +492,16 @@ def _region(gray: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         max(0, x1 - cx1),
         cv2.BORDER_REPLICATE,
     )
+
+
+def main_face_crop(image: np.ndarray, config: FaceConfig | None = None) -> np.ndarray | None:
+    """The ``(48, 48) uint8`` crop of the largest face in ``image``, framed exactly as the server
+    frames it (``config``'s detector, margin and alignment); ``None`` when no face is found.
+
+    A labelled photo shows one subject; other faces in it are smaller bystanders."""
+    config = config or FaceConfig()
+    faces = get_detector(config).detect(image)
+    if not faces:
+        return None
+    largest = max(faces, key=lambda f: f.box[2] * f.box[3])
+    return crop_faces(image, [largest], margin=config.crop_margin, align=config.align)[0]

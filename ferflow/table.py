@@ -10,6 +10,8 @@ import pandas as pd
 
 from ferflow.config import SPLIT_ORDER, SourceFormat
 
+NO_FACE = "no face found"  # the error of a photo where face detection finds no face
+
 
 @dataclass
 class IngestTable:

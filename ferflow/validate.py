@@ -26,7 +26,7 @@ from ferflow.config import (
     LeakagePolicy,
     SourceFormat,
 )
-from ferflow.table import IngestTable, describe_counts, split_rank
+from ferflow.table import NO_FACE, IngestTable, describe_counts, split_rank
 
 FIXED_SIZE_FORMATS = {SourceFormat.FERPLUS, SourceFormat.FER2013_CSV}
 MAX_NAMED = 20  # offending files listed per check in the human summary (all are in the JSON)
@@ -269,6 +269,8 @@ def run_gate(
     classes_frame = pd.DataFrame(
         {"class": list(class_set.classes), "count": [train_counts.get(c, 0) for c in class_set.classes]}
     )
+    if not gate.require_every_class:  # a source may lack classes; those it has need enough images
+        classes_frame = classes_frame[classes_frame["count"] > 0].reset_index(drop=True)
 
     checks = build_checks(class_set, gate, fixed_size=table.source_format in FIXED_SIZE_FORMATS)
     gx_images = checked.drop(columns=["error"]).reset_index(drop=True).astype({"label": "object"})
@@ -318,6 +320,11 @@ def _policy_drops(frame: pd.DataFrame, gate: GateConfig) -> tuple[pd.Series, dic
                 frame, list(frame.index[leaks])
             )
         policy_drop |= leaks
+    if gate.drop_no_face:
+        faceless = (frame["error"] == NO_FACE) & ~policy_drop
+        if faceless.any():
+            dropped[f"{NO_FACE} (photo not used)"] = [str(s) for s in frame.loc[faceless, "source"]]
+        policy_drop |= faceless
     if gate.drop_bad_votes:
         bad = _bad_vote_drops(frame) & ~policy_drop
         if bad.any():

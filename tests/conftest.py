@@ -26,6 +26,23 @@ def ferplus_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_version() -> str:
+    """The md5 of data/ that the project's data.dvc pins."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+@pytest.fixture(scope="session")
+def photo_pool(ferplus_dir: Path) -> Path:
+    """data/photos: the labelled photo pool of the DVC data (pulled with FERPlus)."""
+    pool = ROOT / "data" / "photos"
+    if not (pool / "valid").is_dir():
+        pytest.skip(f"no photo pool at {pool}: data.dvc pins a version without data/photos")
+    return pool
+
+
+@pytest.fixture(scope="session")
 def photos_dir() -> Path:
     if not (PHOTOS / "labels.csv").is_file():
         pytest.skip(f"no sample photos at {PHOTOS}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,9 @@ import typer
 
 from ferflow.cli.common import PATHS, fail
 from ferflow.config import (
+    DEFAULT_SOURCES,
+    PHOTO_GATE,
+    DataSource,
     GateConfig,
     IngestConfig,
     LabelScheme,
@@ -85,9 +89,56 @@ def _run_ingest(src: Path, out: Path | None, report: Path, config: IngestConfig)
         typer.secho(f"canonical dataset written to {out}", fg=typer.colors.GREEN)
 
 
+def _parse_added(items: list[str]) -> list[DataSource]:
+    """``NAME=PATH`` → a photo-tree source with the photo gate."""
+    added = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) or not path:
+            raise fail(
+                f"error: --add {item!r}: expected NAME=PATH with NAME of a-z, 0-9, - or _ "
+                "(e.g. --add clinic=~/faces)",
+                2,
+            )
+        added.append(DataSource(name, str(Path(path).expanduser()), SourceFormat.FOLDERS, PHOTO_GATE))
+    return added
+
+
+def _ingest_sources(
+    sources: list[DataSource], out: Path, report: Path, scheme: LabelScheme, class_set: str
+) -> None:
+    from ferflow.data import IngestError, ingest_sources
+    from ferflow.validate import GateFailed
+
+    try:
+        result = ingest_sources(sources, scheme, class_set, report_dir=report, root=PATHS.root, out=out)
+    except IngestError as exc:
+        raise fail(f"error: {exc}", 2) from exc
+    except GateFailed as exc:
+        raise fail(exc.report.human() + f"\nnothing written to {out}") from exc
+    for name, gate_report in result.reports.items():
+        typer.echo(f"[{name}] {gate_report.human()}")
+    for split, info in result.meta["splits"].items():
+        by_source = {n: s["splits"].get(split, 0) for n, s in result.meta["sources"].items()}
+        typer.echo(f"  {split}: {info['n']} images {by_source}")
+    typer.secho(f"canonical dataset written to {out}", fg=typer.colors.GREEN)
+
+
 @app.command("ingest")
 def data_ingest(
-    src: SrcArg = PATHS.ferplus_raw,
+    src: Annotated[
+        Path | None,
+        typer.Argument(
+            help="one dataset in --format's layout; omitted: every source of data/ "
+            "(FERPlus and the photos) into one dataset."
+        ),
+    ] = None,
+    add: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add", help="NAME=PATH: a labelled photo tree (class folders) added to data/'s sources."
+        ),
+    ] = None,
     source_format: FormatOpt = _INGEST.source_format,
     out: Annotated[Path, typer.Option("--out", "-o", help="canonical dataset folder.")] = PATHS.canonical,
     scheme: SchemeOpt = _INGEST.label_scheme,
@@ -97,7 +148,15 @@ def data_ingest(
     min_class_count: MinCountOpt = _GATE.min_class_count,
     report: ReportOpt = PATHS.artifacts / "validation",
 ) -> None:
-    """Ingest SRC and run the validation gate; write the canonical dataset only if it passes."""
+    """Ingest and run the validation gate (per source); write the canonical dataset only if it passes.
+
+    Without SRC: data/'s sources (FERPlus and the photos, each through its own gate; photos
+    through face detection), plus every --add NAME=PATH tree."""
+    if src is None:
+        _ingest_sources([*DEFAULT_SOURCES, *_parse_added(add or [])], out, report, scheme, class_set)
+        return
+    if add:
+        raise fail("error: --add extends data/'s sources; leave SRC out to use it", 2)
     config = _ingest_config(source_format, scheme, class_set, leakage, drop_bad_votes, min_class_count)
     _run_ingest(src, out, report, config)
 
@@ -143,6 +202,10 @@ def data_stats(
     for c in ds.classes:
         typer.echo(f"  {c:<{width}}" + "".join(f"{counts[s][c]:>10}" for s in ds.splits))
     typer.echo(f"  {'total':<{width}}" + "".join(f"{ds.meta['splits'][s]['n']:>10}" for s in ds.splits))
+    for name, info in (ds.meta.get("sources") or {}).items():
+        typer.echo(
+            f"source {name}: {info['splits']} from {info['path']}; gate dropped {info['gate']['dropped']}"
+        )
     gate = ds.meta.get("gate", {})
     if gate:
         typer.echo(f"duplicates: {gate['duplicates']}; dropped by policy: {gate['dropped']}")

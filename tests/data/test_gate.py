@@ -68,7 +68,7 @@ def test_real_ferplus_strict_gate_names_the_known_problems(ferplus_dir: Path, tm
     assert (tmp_path / "data_docs" / "index.html").is_file()
 
 
-def test_real_ferplus_default_policy_passes_and_is_leak_free(real_result) -> None:
+def test_real_ferplus_default_policy_passes_and_is_leak_free(real_result, data_version: str) -> None:
     result, out, report = real_result
     assert result.report.passed
     ds = open_dataset(out)
@@ -93,7 +93,7 @@ def test_real_ferplus_default_policy_passes_and_is_leak_free(real_result) -> Non
     assert (top > 0.5 * kept_votes).all()
     np.testing.assert_array_equal(train.label, train.votes[:, :8].argmax(axis=1))
     assert (train.votes.sum(axis=1) == 10).all()
-    assert ds.meta["source_version"] == "d4b2afd649d69a62e6cd635dda0e149f.dir"
+    assert ds.meta["source_version"] == data_version
     assert sum(len(v) for v in result.report.dropped.values()) == result.report.summary["n_policy_dropped"]
     assert (report / "summary.json").is_file() and (report / "data_docs" / "index.html").is_file()
 

@@ -92,7 +92,7 @@ def test_failed_gate_stops_the_pipeline_before_training(
 
 
 def test_smoke_profile_end_to_end_registers_a_champion(
-    ferplus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ferplus_dir: Path, data_version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CI's end-to-end run: the real DVC data through every step, ending in the registry."""
     from ferflow.config import RegistryConfig
@@ -108,7 +108,7 @@ def test_smoke_profile_end_to_end_registers_a_champion(
     assert "first model" in run.promotion["reason"]
     (version,) = list_versions(RegistryConfig(model_name=args["registered_model"]))
     assert "champion" in version["aliases"] and "challenger" in version["aliases"]
-    assert version["dataset_md5"] == "d4b2afd649d69a62e6cd635dda0e149f.dir"
+    assert version["dataset_md5"] == data_version
     assert version["git_commit"] and version["gate.promoted"] == "true"
     assert float(version["gate.accuracy"]) == pytest.approx(run.summary["evaluation"]["accuracy"], abs=1e-6)
     assert "PROMOTED to champion" in run.render()
