@@ -8,7 +8,9 @@ random 16×16 patch of uniform noise per face, seeded) to compare with RAN's occ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +19,7 @@ import numpy as np
 from ferflow.canonical import Split
 from ferflow.model_uri import resolve
 from ferflow.preprocess import to_model_input
+from ferflow.table import NO_FACE
 
 OCCLUSION_SIZE = 16
 
@@ -79,6 +82,37 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> di
     }
 
 
+def subset_scores(
+    logits: np.ndarray, y_true: np.ndarray, classes: Sequence[str], label_set: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Scores of a dataset whose label set is a subset of the model's ``classes``.
+
+    The protocol: the prediction is the best of the dataset's classes (``label_set``; default:
+    the classes its rows carry), so a model is not marked wrong for a class the dataset cannot
+    hold. ``accuracy_all_classes`` keeps the plain argmax over every class beside it."""
+    classes = list(classes)
+    label_set = [c for c in classes if c in set(label_set)] if label_set else None
+    label_set = label_set or [classes[i] for i in sorted(set(y_true.astype(int).tolist()))]
+    keep = np.array([classes.index(c) for c in label_set])
+    pred = keep[logits[:, keep].argmax(axis=1)] if len(keep) else logits.argmax(axis=1)
+    out = scores(y_true, pred, classes)
+    out["accuracy_all_classes"] = float((logits.argmax(axis=1) == y_true).mean()) if len(y_true) else 0.0
+    present = [c for c in label_set if out["per_class"][c]["support"] > 0]
+    out["macro_f1"] = float(np.mean([out["per_class"][c]["f1"] for c in present])) if present else 0.0
+    out["label_set"] = label_set
+    return out
+
+
+def adjust_logits(
+    logits: np.ndarray, train_prior: Sequence[float], target_prior: Sequence[float]
+) -> np.ndarray:
+    """Logit adjustment (Menon et al., 2021): move a model trained under ``train_prior`` to a
+    test set whose classes follow ``target_prior``: ``logits + log(target) - log(train)``."""
+    train = np.clip(np.asarray(train_prior, np.float64), 1e-12, None)
+    target = np.clip(np.asarray(target_prior, np.float64), 1e-12, None)
+    return logits + (np.log(target / target.sum()) - np.log(train / train.sum())).astype(logits.dtype)
+
+
 def evaluate_split(
     predictor: Predictor,
     split: Split,
@@ -96,9 +130,15 @@ def evaluate_split(
             "ingest the dataset with the model's class set"
         )
     y_true = split.label.astype(int)
-    pred = predictor.logits(to_model_input(split.pixels), batch_size).argmax(axis=1)
+    logits = predictor.logits(to_model_input(split.pixels), batch_size)
+    pred = logits.argmax(axis=1)
     out = scores(y_true, pred, classes)
     out["classes"] = classes
+    if len(split.datasets()) > 1:  # one figure per source dataset, each over its own label set
+        out["datasets"] = {
+            name: subset_scores(logits[split.dataset == name], y_true[split.dataset == name], classes)
+            for name in split.datasets()
+        }
     if occlusion:
         occ = occlude(split.pixels, OCCLUSION_SIZE, seed)
         occ_pred = predictor.logits(to_model_input(occ), batch_size).argmax(axis=1)
@@ -170,3 +210,238 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, tit
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-dataset evaluation: several datasets (and their sources) in one call
+
+
+class EvalDataError(ValueError):
+    """A dataset given to evaluate cannot be scored; the message names it and the fix."""
+
+
+def load_eval_data(
+    path: str | Path, classes: Sequence[str], progress: bool = True, split: str | None = None
+) -> tuple[dict[str, Split], dict]:
+    """(splits, meta) of a canonical dataset, or of a raw layout read in memory: FERPlus, a FER2013
+    CSV, or a folder tree of photos (through face detection, as served; photos without a face
+    are counted in ``meta["no_face"]``, not scored)."""
+    from ferflow.canonical import open_dataset
+    from ferflow.config import CLASS_SETS, GateConfig, IngestConfig, LabelScheme, LeakagePolicy, SourceFormat
+    from ferflow.data import IngestError, infer_format, ingest_to_memory
+    from ferflow.validate import GateFailed
+
+    path = Path(path)
+    if (path / "dataset.json").is_file():
+        ds = open_dataset(path)
+        return {s: ds.load(s) for s in ds.splits}, ds.meta
+    class_set = next((n for n, c in CLASS_SETS.items() if list(c.classes) == list(classes)), None)
+    if class_set is None:
+        raise EvalDataError(
+            f"model classes {list(classes)} match no class set; ingest {path} with them first"
+        )
+    gate = GateConfig(0, leakage=LeakagePolicy.DROP, drop_bad_votes=True, drop_no_face=True)
+    gate = replace(gate, require_every_class=False, max_dropped_fraction=1.0)
+    try:
+        fmt = infer_format(path)
+        src, split_name = _scored_folder(path, split) if fmt is SourceFormat.FOLDERS else (path, None)
+        config = IngestConfig(fmt, LabelScheme.MAJORITY, class_set, gate)
+        result = ingest_to_memory(src, config, progress=progress, name=path.name)
+    except (IngestError, GateFailed) as exc:
+        raise EvalDataError(f"{path}: {exc}".splitlines()[0]) from exc
+    if split_name is not None:  # the one split folder read, under its own name
+        result.splits = {split_name: next(iter(result.splits.values()))}
+    meta = dict(result.meta)
+    meta["no_face"] = len(result.report.dropped.get(f"{NO_FACE} (photo not used)", []))
+    return result.splits, meta
+
+
+def _scored_folder(path: Path, split: str | None) -> tuple[Path, str | None]:
+    """A photo tree's folder to read: ``split``'s, else the most held-out one (only its photos
+    go through detection)."""
+    from ferflow.data import folder_splits
+    from ferflow.table import split_rank
+
+    found = [(d, s) for d, s in folder_splits(path) if d != path]
+    if not found:
+        return path, None
+    if split is not None:
+        found = [(d, s) for d, s in found if s == split] or found
+    folder, name = max(found, key=lambda item: split_rank(item[1]))
+    return folder, name
+
+
+def _train_prior(predictor: Predictor) -> list[float]:
+    prior = getattr(predictor, "metadata", {}).get("train_prior")
+    if not prior:
+        raise EvalDataError(
+            "the model's metadata has no train_prior (exported before it was recorded); "
+            "re-export it with `ferflow train`, or evaluate without --prior"
+        )
+    return json.loads(prior)
+
+
+def _target_prior(prior: str, label_set: list[str], classes: list[str]) -> list[float]:
+    """``uniform`` over the dataset's label set, or ``CLASS=P,...`` (other classes get 0)."""
+    if prior == "uniform":
+        return [1.0 if c in label_set else 0.0 for c in classes]
+    stated: dict[str, float] = {}
+    for item in prior.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in classes:
+            raise EvalDataError(
+                f"--prior {prior!r}: {name.strip()!r} is not a model class ({', '.join(classes)})"
+            )
+        try:
+            stated[name.strip()] = float(value)
+        except ValueError:
+            raise EvalDataError(f"--prior {prior!r}: {value!r} is not a number (CLASS=P,...)") from None
+    return [stated.get(c, 0.0) for c in classes]
+
+
+def score_dataset(
+    predictor: Predictor, split: Split, meta: dict, prior: str | None = None, batch_size: int = 256
+) -> dict[str, dict[str, Any]]:
+    """Scores of each source dataset in ``split``, over the source's own label set."""
+    classes = list(predictor.classes)
+    out = {}
+    names = split.datasets() or [Path(str(meta.get("source", "data"))).name]
+    for name in names:
+        part = split.of_dataset(name) if split.dataset is not None else split
+        info = (meta.get("sources") or {}).get(name, {})
+        logits = predictor.logits(to_model_input(part.pixels), batch_size)
+        label_set = info.get("classes") or [classes[i] for i in sorted(set(part.label.astype(int).tolist()))]
+        if prior:
+            logits = adjust_logits(logits, _train_prior(predictor), _target_prior(prior, label_set, classes))
+        result = subset_scores(logits, part.label.astype(int), classes, label_set)
+        fmt = info.get("source_format", meta.get("source_format"))
+        result["route"] = "face detection" if fmt == "folders" else "face crops"
+        result["prior"] = prior or "as trained"
+        out[name] = result
+    return out
+
+
+def evaluate_datasets(
+    model: str | Path | None,
+    datasets: Sequence[str | Path],
+    *,
+    split: str | None = None,
+    prior: str | None = None,
+    robustness: bool = False,
+    tta: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score one model on every dataset (each source of a multi-source dataset apart) and,
+    with ``robustness``, run the robustness suite on the first dataset's first source."""
+    from ferflow import robustness as rb
+    from ferflow.config import SPLIT_ORDER
+    from ferflow.predict import FerClassifier
+
+    resolved = resolve(model)
+    predictor = FerClassifier(resolved.path, tta=tta)
+    out: dict[str, Any] = {"model": resolved.uri or str(resolved.path), "version": resolved.version}
+    out["tta"], out["datasets"] = predictor.tta.value, {}
+    first: Split | None = None
+    for path in datasets:
+        splits, meta = load_eval_data(path, predictor.classes, progress, split)
+        chosen = split or [s for s in SPLIT_ORDER if s in splits][-1]
+        if chosen not in splits:
+            raise EvalDataError(f"{path}: no split {chosen!r}; it has {sorted(splits)}")
+        for name, result in score_dataset(predictor, splits[chosen], meta, prior).items():
+            key = name if name not in out["datasets"] else f"{Path(path).name}/{name}"
+            out["datasets"][key] = {
+                **result,
+                "path": str(path),
+                "split": chosen,
+                "no_face": meta.get("no_face", 0),
+            }
+        if first is None:
+            first = (
+                splits[chosen].of_dataset(splits[chosen].datasets()[0])
+                if splits[chosen].dataset is not None
+                else splits[chosen]
+            )
+    if robustness and first is not None:
+
+        def predict(faces: np.ndarray) -> np.ndarray:
+            return predictor.logits(to_model_input(faces)).argmax(axis=1)
+
+        out["robustness"] = rb.run_suite(
+            predict, first.pixels, first.label.astype(int), seed=seed, progress=progress
+        )
+        out["robustness"]["dataset"] = next(iter(out["datasets"]))
+    return out
+
+
+def card_section(result: dict[str, Any]) -> str:
+    """Markdown of a cross-dataset (and robustness) result, for model cards and reports."""
+    from ferflow import robustness as rb
+
+    lines = [
+        "| dataset | route | n | accuracy (its classes) | accuracy (all classes) | macro-F1 | classes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result.get("datasets", {}).items():
+        lines.append(
+            f"| {name} | {r.get('route', '')} | {r['n']} | {r['accuracy']:.2%} "
+            f"| {r['accuracy_all_classes']:.2%} | {r['macro_f1']:.3f} | {len(r['label_set'])} |"
+        )
+    if "robustness" in result:
+        lines += [
+            "",
+            f"Robustness ({result['robustness'].get('dataset', 'test split')}):",
+            "",
+            rb.table(result["robustness"]),
+        ]
+    return "\n".join(lines)
+
+
+def write_report(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """``evaluation.json``, ``evaluation.md`` and, with a robustness suite, ``robustness.png``."""
+    from ferflow import robustness as rb
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "evaluation.json", out_dir / "evaluation.md"]
+    files[0].write_text(json.dumps(result, indent=1, default=str))
+    files[1].write_text(f"# Evaluation of {result['model']}\n\n{card_section(result)}\n")
+    if "robustness" in result:
+        title = f"Robustness of {Path(str(result['model'])).name} on {result['robustness']['dataset']}"
+        files.append(rb.plot(result["robustness"], out_dir / "robustness.png", title=title))
+    return files
+
+
+def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric names: ``eval.<dataset>.accuracy`` ..., ``robustness.<shift>.<severity>``."""
+    metrics: dict[str, float] = {}
+    for name, r in result.get("datasets", {}).items():
+        key = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        for field_name in ("accuracy", "accuracy_all_classes", "macro_f1"):
+            metrics[f"eval.{key}.{field_name}"] = float(r[field_name])
+    suite = result.get("robustness")
+    if suite:
+        metrics["robustness.clean"] = suite["clean_accuracy"]
+        metrics["robustness.mean"] = suite["mean_accuracy"]
+        for row in suite["rows"]:
+            metrics[f"robustness.{row['shift']}.{row['severity']}"] = row["accuracy"]
+    return metrics
+
+
+def track(result: dict[str, Any], files: Sequence[Path], run_id: str | None = None) -> str:
+    """Log the result to MLflow: into ``run_id`` (a training run) or a new ``ferflow-evaluate``
+    run. Returns the run id."""
+    import mlflow
+
+    from ferflow.config import Paths
+
+    mlflow.set_tracking_uri(Paths().mlflow_uri)
+    if run_id is None:
+        mlflow.set_experiment("ferflow-evaluate")
+    with mlflow.start_run(run_id=run_id) as run:
+        if run_id is None:
+            mlflow.set_tags({"model": str(result["model"]), "model_version": str(result.get("version", ""))})
+        mlflow.log_metrics(flat_metrics(result))
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        return run.info.run_id

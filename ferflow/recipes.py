@@ -127,6 +127,8 @@ def check_train_config(cfg: TrainConfig, where: str = "recipe") -> None:
         problems.append("dropout must be in [0, 1)")
     if cfg.learning_rate <= 0:
         problems.append("learning_rate must be > 0")
+    if any(w < 0 for w in cfg.source_weights.values()):
+        problems.append("source_weights must be >= 0")
     if problems:
         raise RecipeError(f"{where}: " + "; ".join(problems))
 
@@ -225,6 +227,14 @@ def _coerce(value: Any, tp: Any, where: str, current: Any = None) -> Any:
         return tp(value)
     if origin is tuple:
         return _coerce_tuple(value, args, where)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{where}: expected a mapping such as {{photos: 2.0}}, got {value!r}")
+        key_type, value_type = args
+        return {
+            _coerce_scalar(k, key_type, where): _coerce(v, value_type, f"{where}.{k}")
+            for k, v in value.items()
+        }
     return _coerce_scalar(value, tp, where)
 
 

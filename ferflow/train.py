@@ -227,6 +227,20 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndar
     return w.astype(np.float32)
 
 
+def source_row_weights(split: Split, meta: dict[str, Any], weights: dict[str, float]) -> np.ndarray:
+    """Each row's source weight: the recipe's ``source_weights``, else the source's ingest weight."""
+    sources = meta.get("sources") or {}
+    unknown = sorted(set(weights) - set(sources))
+    if unknown:
+        raise ValueError(
+            f"source_weights names {unknown}, which the dataset does not hold; its sources: {sorted(sources)}"
+        )
+    if split.dataset is None:
+        return np.ones(len(split), np.float32)
+    by_name = {n: float(weights.get(n, info.get("weight", 1.0))) for n, info in sources.items()}
+    return np.array([by_name.get(str(d), 1.0) for d in split.dataset], np.float32)
+
+
 def make_train_dataset(
     pixels: np.ndarray,
     targets: np.ndarray,
@@ -509,12 +523,15 @@ def prepare_data(
         rng = np.random.default_rng(cfg.seed)
         fit_idx = np.sort(rng.permutation(fit_idx)[:limit_train])
         tune_idx = np.sort(rng.permutation(tune_idx)[: max(limit_train // 4, len(classes))])
+    row_weight = source_row_weights(full, meta, cfg.source_weights)
+    fit_idx, tune_idx = fit_idx[row_weight[fit_idx] > 0], tune_idx[row_weight[tune_idx] > 0]
     fit_split, tune_split = full.subset(fit_idx), full.subset(tune_idx)
     scheme = LabelScheme(cfg.label_scheme)
     if scheme is LabelScheme.MULTI_TARGET and cfg.augment.mixup_alpha > 0:
         raise ValueError("mixup needs soft targets; it cannot be combined with multi_target")
     targets = scheme_targets(fit_split, classes, meta.get("class_set"), scheme)
     cw = class_weights(fit_split.label, len(classes), cfg.class_weight_power)
+    weights = cw[fit_split.label.astype(int)] * row_weight[fit_idx]
     return TrainingData(
         name=name,
         meta=meta,
@@ -523,7 +540,7 @@ def prepare_data(
         tune=tune_split,
         test=load("valid") if "valid" in split_names else None,
         targets=targets,
-        weights=cw[fit_split.label.astype(int)],
+        weights=(weights / weights.mean()).astype(np.float32),
         steps_per_epoch=steps_per_epoch or max(1, len(fit_split) // cfg.batch_size),
     )
 
@@ -708,7 +725,8 @@ def export_and_score(
     from ferflow.predict import FerClassifier
 
     extras: dict[str, Any] = {"tta": TestTimeAugmentation(cfg.tta).value}
-    fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", data.classes, {"tta": extras["tta"]})
+    meta = {"tta": extras["tta"], "train_prior": json.dumps(train_prior(data))}
+    fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", data.classes, meta)
     extras["export_agreement"] = ex.check_agreement(model, fp32_path, data.tune.pixels[:512])
     onnx_path = run_dir / "model.onnx"
     shutil.copyfile(fp32_path, onnx_path)
@@ -722,9 +740,33 @@ def export_and_score(
     if data.test is not None:
         # occlusion seed 0: the fixed protocol `ferflow evaluate` uses by default
         metrics["test"] = ev.evaluate_split(FerClassifier(onnx_path), data.test, data.classes, seed=0)
+        if cfg.robustness:
+            metrics["robustness"] = _robustness(FerClassifier(onnx_path), data.test)
     metrics["onnx_precision"] = extras["onnx_precision"]
     _write_scores(cfg, metrics, data.classes, run_dir)
     return metrics, onnx_path, extras
+
+
+def train_prior(data: TrainingData) -> list[float]:
+    """The class distribution the loss saw: training labels weighted as in the loss (class and
+    source weights); ``ferflow evaluate --prior`` adjusts logits away from it."""
+    mass = np.bincount(data.fit.label.astype(int), weights=data.weights, minlength=len(data.classes))
+    return [round(float(m), 6) for m in mass / max(mass.sum(), 1e-12)]
+
+
+def _robustness(predictor, test: Split) -> dict[str, Any]:
+    """The robustness suite on the test split's first source (FER2013Valid for data/)."""
+    from ferflow import robustness as rb
+    from ferflow.preprocess import to_model_input
+
+    part = test.of_dataset(test.datasets()[0]) if test.dataset is not None else test
+    suite = rb.run_suite(
+        lambda faces: predictor.logits(to_model_input(faces)).argmax(axis=1),
+        part.pixels,
+        part.label.astype(int),
+    )
+    suite["dataset"] = test.datasets()[0] if test.dataset is not None else "test"
+    return suite
 
 
 def _keep_int8_if_cheap(cfg, data: TrainingData, fp32_path, onnx_path, fp32_score, extras) -> dict:
@@ -772,6 +814,10 @@ def _write_scores(cfg: TrainConfig, metrics: dict[str, Any], classes: list[str],
         title=f"{cfg.model} — {report_split} (normalised)",
     )
     (run_dir / "per_class_metrics.json").write_text(json.dumps(metrics[report_split]["per_class"], indent=2))
+    if "robustness" in metrics:
+        from ferflow import robustness as rb
+
+        rb.plot(metrics["robustness"], run_dir / "robustness.png", title=f"{cfg.model} — robustness")
 
 
 # ----------------------------------------------------------------------------------------
@@ -823,6 +869,8 @@ def finish_tracking(
     """Log the scores, decisions, plots and models to the active MLflow run, and end it."""
     import mlflow
 
+    from ferflow.evaluate import flat_metrics
+
     summary = {
         f"{split}_{key}": m[key]
         for split, m in metrics.items()
@@ -833,12 +881,15 @@ def finish_tracking(
     for key in ("train_seconds", "int8_tune_accuracy_cost", "tta_tune_accuracy_gain"):
         if extras.get(key) is not None:
             summary[key] = extras[key]
+    summary |= flat_metrics({"datasets": metrics.get("test", {}).get("datasets", {})})
+    summary |= flat_metrics({"robustness": metrics["robustness"]}) if "robustness" in metrics else {}
     mlflow.log_metrics(summary)
     mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
     mlflow.set_tag("tta", extras.get("tta", TestTimeAugmentation(cfg.tta).value))
     for name in (
         "learning_curves.png",
         "confusion_matrix.png",
+        "robustness.png",
         "per_class_metrics.json",
         "metrics.json",
         "history.json",

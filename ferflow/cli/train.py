@@ -10,7 +10,6 @@ import typer
 from ferflow.cli.common import PATHS, fail, load_splits
 from ferflow.config import (
     SourceFormat,
-    TestTimeAugmentation,
 )
 
 app = typer.Typer()
@@ -105,56 +104,3 @@ def train_cmd(
     )
     if result.mlflow_run_id:
         typer.echo(f"MLflow run {result.mlflow_run_id}; ONNX model runs:/{result.mlflow_run_id}/onnx")
-
-
-@app.command("evaluate")
-def evaluate_cmd(
-    dataset: Annotated[
-        Path, typer.Option(help="canonical dataset folder, or a raw layout with --format.")
-    ] = PATHS.canonical,
-    model: Annotated[
-        str | None,
-        typer.Option(help="ONNX file/folder or MLflow URI (runs:/<id>/model); default: reference."),
-    ] = None,
-    source_format: Annotated[
-        SourceFormat | None, typer.Option("--format", help="layout of a raw --dataset.")
-    ] = None,
-    split: Annotated[str | None, typer.Option(help="split to score (default: most held-out).")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the synthetic occlusion.")] = 0,
-    tta: Annotated[
-        TestTimeAugmentation | None,
-        typer.Option(help="test-time augmentation; default: what the model's metadata says."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON.")] = False,
-) -> None:
-    """Score a model: accuracy (majority protocol), macro-F1, per-class recall, occlusion."""
-    import json
-
-    from ferflow.config import CLASS_SETS
-    from ferflow.evaluate import evaluate, resolve_model
-    from ferflow.predict import FerClassifier
-
-    try:
-        path = resolve_model(model)
-        classes = FerClassifier(path).classes
-    except (FileNotFoundError, ValueError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
-    class_set = next((n for n, c in CLASS_SETS.items() if list(c.classes) == classes), None)
-    if source_format is not None and class_set is None:
-        raise fail(f"error: model classes {classes} match no configured class set", 2)
-    splits, meta = load_splits(dataset, source_format, class_set or "ferplus8", quiet=as_json)
-    try:
-        out = evaluate(path, splits, meta["classes"], split=split, seed=seed, tta=tta)
-    except (KeyError, ValueError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
-    out["dataset"] = str(dataset)
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    typer.echo(f"model {out['model']} on {dataset} [{out['split']}], n = {out['n']}")
-    typer.echo(
-        f"accuracy {100 * out['accuracy']:.2f} %   macro-F1 {out['macro_f1']:.3f}   "
-        f"occluded (16x16) {100 * out['occluded_accuracy']:.2f} %"
-    )
-    for c, r in out["per_class_recall"].items():
-        typer.echo(f"  {c:10s} recall {100 * r:6.2f} %  (n = {out['per_class'][c]['support']})")

@@ -305,10 +305,14 @@ def test_cli_evaluate_json_on_canonical_and_raw_layout(tiny_onnx, small_dataset,
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert {"accuracy", "macro_f1", "n", "per_class_recall", "occluded_accuracy"} <= set(out)
-    assert out["split"] == "valid" and out["n"] == 300
+    ((name, scored),) = out["datasets"].items()
+    assert {"accuracy", "accuracy_all_classes", "macro_f1", "n", "per_class_recall", "label_set"} <= set(
+        scored
+    )
+    assert scored["split"] == "valid" and scored["n"] == 300 and scored["route"] == "face crops"
 
-    # the same command on a raw FERPlus layout it has never seen (ingested in memory)
+    # one call, two datasets: the canonical one and a raw FERPlus layout it has never seen
+    # (its layout inferred, ingested in memory)
     raw = tmp_path / "raw" / "FER2013Valid"
     raw.mkdir(parents=True)
     lines = (ferplus_dir / "FER2013Valid" / "label.csv").read_text().splitlines()[:120]
@@ -316,22 +320,20 @@ def test_cli_evaluate_json_on_canonical_and_raw_layout(tiny_onnx, small_dataset,
         name = line.split(",")[0]
         (raw / name).write_bytes((ferplus_dir / "FER2013Valid" / name).read_bytes())
     (raw / "label.csv").write_text("\n".join(lines) + "\n")
-    res = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--model",
-            str(tiny_onnx),
-            "--dataset",
-            str(raw.parent),
-            "--format",
-            "ferplus",
-            "--json",
-        ],
-    )
+    args = [
+        "evaluate",
+        "--model",
+        str(tiny_onnx),
+        "--dataset",
+        str(small_dataset),
+        "--dataset",
+        str(raw.parent),
+    ]
+    res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert 0 < out["n"] <= 120 and 0 <= out["accuracy"] <= 1
+    assert len(out["datasets"]) == 2
+    assert 0 < out["datasets"]["raw"]["n"] <= 120 and 0 <= out["datasets"]["raw"]["accuracy"] <= 1
 
 
 def test_cli_evaluate_bad_model_path_is_a_clear_error(small_dataset, tmp_path):
