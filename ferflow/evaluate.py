@@ -9,7 +9,7 @@ random 16×16 patch of uniform noise per face, seeded) to compare with RAN's occ
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,6 +103,11 @@ def subset_scores(
     return out
 
 
+def source_label_sets(meta: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each source dataset's classes, as its ingest recorded them in ``dataset.json``."""
+    return {name: list(info.get("classes") or []) for name, info in (meta.get("sources") or {}).items()}
+
+
 def adjust_logits(
     logits: np.ndarray, train_prior: Sequence[float], target_prior: Sequence[float]
 ) -> np.ndarray:
@@ -121,8 +126,11 @@ def evaluate_split(
     occlusion: bool = True,
     seed: int = 0,
     batch_size: int = 256,
+    label_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``predictor`` on ``split`` (majority labels); JSON-serialisable dict."""
+    """Metrics of ``predictor`` on ``split`` (majority labels); JSON-serialisable dict. A split
+    of several source datasets is also scored per source, over ``label_sets[source]`` (default:
+    the classes its rows carry; :func:`source_label_sets` reads them from a dataset's meta)."""
     classes = list(classes)
     if list(predictor.classes) != classes:
         raise ValueError(
@@ -136,7 +144,12 @@ def evaluate_split(
     out["classes"] = classes
     if len(split.datasets()) > 1:  # one figure per source dataset, each over its own label set
         out["datasets"] = {
-            name: subset_scores(logits[split.dataset == name], y_true[split.dataset == name], classes)
+            name: subset_scores(
+                logits[split.dataset == name],
+                y_true[split.dataset == name],
+                classes,
+                (label_sets or {}).get(name),
+            )
             for name in split.datasets()
         }
     if occlusion:

@@ -389,6 +389,7 @@ def register_and_promote_step(
     """
     from ferflow.canonical import open_dataset
     from ferflow.config import RegistryConfig
+    from ferflow.evaluate import source_label_sets
     from ferflow.registry import decision_dict, promote, register
 
     if not mlflow_run_id:
@@ -397,7 +398,13 @@ def register_and_promote_step(
     split = ds.splits[-1]
     cfg = RegistryConfig(model_name=registered_model, margin=margin)
     version = register(mlflow_run_id, cfg)
-    decision = promote(ds.load(split), ds.classes, version=str(version.version), config=cfg)
+    decision = promote(
+        ds.load(split),
+        ds.classes,
+        version=str(version.version),
+        config=cfg,
+        label_sets=source_label_sets(ds.meta),
+    )
     print(decision.human(), flush=True)
     return decision_dict(decision) | {"registered_model": registered_model, "eval_split": split}
 

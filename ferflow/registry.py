@@ -177,12 +177,51 @@ def infra_validate(onnx_path: Path, eval_split: Split, probe_image: str | None =
     }
 
 
-def _metrics(onnx_path: Path, split: Split, classes: list[str]) -> dict[str, float]:
+def _metrics(
+    onnx_path: Path, split: Split, classes: list[str], label_sets: dict[str, list[str]] | None
+) -> dict[str, float]:
+    """Accuracy and macro-F1 overall and, for a multi-source split, per source dataset
+    (``photos.accuracy``, over the source's own classes)."""
     from ferflow.evaluate import evaluate_split
     from ferflow.predict import FerClassifier
 
-    m = evaluate_split(FerClassifier(onnx_path), split, classes, occlusion=False)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    m = evaluate_split(FerClassifier(onnx_path), split, classes, occlusion=False, label_sets=label_sets)
+    out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    for name, d in m.get("datasets", {}).items():
+        out |= {f"{name}.accuracy": d["accuracy"], f"{name}.macro_f1": d["macro_f1"]}
+    return out
+
+
+def _compare(challenger: dict[str, float], champion: dict[str, float], cfg: RegistryConfig) -> str | None:
+    """Why the challenger is refused against the champion, or None when it passes."""
+    d_acc = challenger["accuracy"] - champion["accuracy"]
+    d_f1 = challenger["macro_f1"] - champion["macro_f1"]
+    if d_acc < cfg.margin:
+        return f"accuracy {d_acc:+.4f} vs champion, below the required margin {cfg.margin:+.4f}"
+    if d_f1 < -cfg.f1_margin:
+        return f"macro-F1 regresses by {-d_f1:.4f} (allowed {cfg.f1_margin:.4f})"
+    for key in sorted(k for k in challenger if k.endswith(".accuracy") and k in champion):
+        drop = champion[key] - challenger[key]
+        if drop > cfg.dataset_tolerance:
+            return (
+                f"{key.removesuffix('.accuracy')}: accuracy regresses by {drop:.4f} vs champion "
+                f"(allowed {cfg.dataset_tolerance:.4f} per dataset); overall accuracy {d_acc:+.4f}"
+            )
+    return None
+
+
+def _gains(decision: GateDecision, champion_version: str) -> str:
+    new, old = decision.challenger_metrics, decision.champion_metrics
+    parts = [
+        f"accuracy {new['accuracy'] - old['accuracy']:+.4f}",
+        f"macro-F1 {new['macro_f1'] - old['macro_f1']:+.4f}",
+    ]
+    parts += [
+        f"{k.removesuffix('.accuracy')} {new[k] - old[k]:+.4f}"
+        for k in sorted(new)
+        if k.endswith(".accuracy") and k in old
+    ]
+    return ", ".join(parts) + f" vs champion v{champion_version}"
 
 
 def promote(
@@ -191,8 +230,13 @@ def promote(
     version: str | None = None,
     config: RegistryConfig | None = None,
     tracking_uri: str | None = None,
+    label_sets: dict[str, list[str]] | None = None,
 ) -> GateDecision:
-    """Run the gate on ``version`` (default: the challenger) against the current champion."""
+    """Run the gate on ``version`` (default: the challenger) against the current champion.
+
+    A split of several source datasets is compared per source too (over ``label_sets``, see
+    :func:`ferflow.evaluate.source_label_sets`): a regression beyond ``dataset_tolerance`` on
+    any one source refuses the challenger, whatever it gains elsewhere."""
     cfg = config or RegistryConfig()
     c = client(tracking_uri)
     name = cfg.model_name
@@ -214,7 +258,7 @@ def promote(
             raise RegistryError(
                 f"model classes {decision.infra['classes']} differ from the evaluation set's {classes}"
             )
-        decision.challenger_metrics = _metrics(path, eval_split, classes)
+        decision.challenger_metrics = _metrics(path, eval_split, classes, label_sets)
     except (RegistryError, ValueError) as exc:
         decision.reason = str(exc)
     else:
@@ -224,21 +268,11 @@ def promote(
             decision.reason = "already champion"
         else:
             decision.champion_metrics = _metrics(
-                model_path(name, champion.version, tracking_uri), eval_split, classes
+                model_path(name, champion.version, tracking_uri), eval_split, classes, label_sets
             )
-            d_acc = decision.challenger_metrics["accuracy"] - decision.champion_metrics["accuracy"]
-            d_f1 = decision.challenger_metrics["macro_f1"] - decision.champion_metrics["macro_f1"]
-            if d_acc < cfg.margin:
-                decision.reason = (
-                    f"accuracy {d_acc:+.4f} vs champion, below the required margin {cfg.margin:+.4f}"
-                )
-            elif d_f1 < -cfg.f1_margin:
-                decision.reason = f"macro-F1 regresses by {-d_f1:.4f} (allowed {cfg.f1_margin:.4f})"
-            else:
-                decision.promoted = True
-                decision.reason = (
-                    f"accuracy {d_acc:+.4f}, macro-F1 {d_f1:+.4f} vs champion v{champion.version}"
-                )
+            refusal = _compare(decision.challenger_metrics, decision.champion_metrics, cfg)
+            decision.promoted = refusal is None
+            decision.reason = refusal or _gains(decision, champion.version)
 
     tags = {
         "gate.promoted": str(decision.promoted).lower(),

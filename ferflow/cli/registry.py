@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 
 from ferflow.cli.common import PATHS, fail, load_splits
-from ferflow.config import (
-    SourceFormat,
-)
+from ferflow.config import RegistryConfig, SourceFormat
 
 app = typer.Typer(help="MLflow model registry: register, gate-and-promote, roll back.", no_args_is_help=True)
 ModelNameOpt = Annotated[str, typer.Option("--name", help="registered model name.")]
@@ -22,7 +20,6 @@ def registry_register(
     name: ModelNameOpt = "ferflow",
 ) -> None:
     """Register a training run's ONNX model as a new version and alias it `challenger`."""
-    from ferflow.config import RegistryConfig
     from ferflow.registry import RegistryError, register
 
     try:
@@ -45,18 +42,29 @@ def registry_promote(
     name: ModelNameOpt = "ferflow",
     margin: Annotated[float, typer.Option(help="required accuracy gain over the champion.")] = 0.0,
     f1_margin: Annotated[float, typer.Option(help="allowed macro-F1 regression.")] = 0.0,
+    dataset_tolerance: Annotated[
+        float, typer.Option(help="allowed accuracy regression on each source dataset (photos, ...).")
+    ] = RegistryConfig.dataset_tolerance,
     probe_image: Annotated[Path | None, typer.Option(help="photo for the /predict infra check.")] = None,
 ) -> None:
     """Gate the challenger: infra-validate, compare with the champion, promote or refuse (exit 1)."""
-    from ferflow.config import RegistryConfig
+    from ferflow.evaluate import source_label_sets
     from ferflow.registry import RegistryError, promote
 
     splits, meta = load_splits(dataset, source_format, "ferplus8", quiet=True)
     if split not in splits:
         raise fail(f"error: {dataset} has no split {split!r}; it has {sorted(splits)}", 2)
-    cfg = RegistryConfig(name, margin, f1_margin, str(probe_image) if probe_image else None)
+    cfg = RegistryConfig(
+        name,
+        margin,
+        f1_margin,
+        str(probe_image) if probe_image else None,
+        dataset_tolerance=dataset_tolerance,
+    )
     try:
-        decision = promote(splits[split], list(meta["classes"]), version, cfg)
+        decision = promote(
+            splits[split], list(meta["classes"]), version, cfg, label_sets=source_label_sets(meta)
+        )
     except RegistryError as exc:
         raise fail(f"error: {exc}") from exc
     typer.echo(decision.human())
@@ -67,7 +75,6 @@ def registry_promote(
 @app.command("rollback")
 def registry_rollback(name: ModelNameOpt = "ferflow") -> None:
     """Move `champion` back to the previous champion."""
-    from ferflow.config import RegistryConfig
     from ferflow.registry import RegistryError, rollback
 
     try:
@@ -80,7 +87,6 @@ def registry_rollback(name: ModelNameOpt = "ferflow") -> None:
 @app.command("list")
 def registry_list(name: ModelNameOpt = "ferflow") -> None:
     """Versions with aliases, gate decisions and metrics."""
-    from ferflow.config import RegistryConfig
     from ferflow.registry import list_versions
 
     rows = list_versions(RegistryConfig(model_name=name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ferflow.canonical import open_dataset
@@ -113,3 +114,84 @@ def test_unfinished_or_unknown_run_is_refused(tracking: str) -> None:
 
     with pytest.raises(RegistryError, match="no MLflow run"):
         register("0" * 32, RegistryConfig(model_name="ferflow-x"))
+
+
+def _split_of(parts: dict[str, tuple[object, np.ndarray]]):
+    """One evaluation split from ``{dataset name: (split, row indices)}``."""
+    from ferflow.canonical import Split
+
+    pieces = [split.subset(idx) for split, idx in parts.values()]
+    names = [np.full(len(idx), name) for name, (_, idx) in parts.items()]
+    arrays = {
+        k: np.concatenate([p.arrays()[k] for p in pieces]) for k in ("pixels", "votes", "target", "label")
+    }
+    arrays["source"] = np.concatenate([p.source for p in pieces])
+    arrays["content_hash"] = np.concatenate([p.content_hash for p in pieces])
+    return Split(**arrays, dataset=np.concatenate(names))
+
+
+def _register_onnx(path: Path, cfg: RegistryConfig) -> str:
+    """Register an exported ONNX model (here the committed reference model) as a run's model."""
+    import mlflow
+    import onnx
+
+    mlflow.set_experiment("ferflow-registry-test")
+    with mlflow.start_run() as run:
+        mlflow.onnx.log_model(onnx.load(str(path)), name="model")
+    return register(run.info.run_id, cfg).version
+
+
+def test_gate_refuses_a_challenger_that_regresses_on_photos_while_it_improves_on_ferplus(
+    runs, small_dataset: Path, photo_pool: Path, tracking: str
+) -> None:
+    """A real pair: the committed reference model (champion) and a small model trained here
+    (challenger), on real FERPlus faces and real photos cropped by face detection.
+
+    The evaluation rows are picked from the two models' own answers, so that whatever this CPU
+    makes of the small training, the challenger wins on FERPlus and loses on the photos: the
+    gate must refuse it for the photos alone, and promote it once the photos are left out."""
+    from ferflow.evaluate import load_eval_data
+    from ferflow.predict import REFERENCE_MODEL, FerClassifier
+    from ferflow.preprocess import to_model_input
+    from ferflow.registry import model_path
+
+    ds = open_dataset(small_dataset)
+    classes = ds.classes
+    # macro-F1 is left out (the small model is weak there): accuracy decides, overall and per source
+    cfg = RegistryConfig(model_name="ferflow-photos", f1_margin=1.0)
+    champion_v = _register_onnx(REFERENCE_MODEL, cfg)
+    assert promote(ds.load("valid"), classes, config=cfg).promoted
+    challenger_v = register(runs["good"], cfg).version
+    champion = FerClassifier(model_path(cfg.model_name, str(champion_v)))
+    challenger = FerClassifier(model_path(cfg.model_name, str(challenger_v)))
+
+    def right(model, split) -> np.ndarray:
+        return model.logits(to_model_input(split.pixels)).argmax(axis=1) == split.label
+
+    ferplus = ds.load("valid")
+    photos = load_eval_data(photo_pool, classes, progress=False, split="valid")[0]["valid"]
+    f_new, f_old = right(challenger, ferplus), right(champion, ferplus)
+    p_new, p_old = right(challenger, photos), right(champion, photos)
+    wins, losses = np.flatnonzero(f_new & ~f_old), np.flatnonzero(p_old & ~p_new)
+    assert len(wins) >= 4 and len(losses) >= 2, (len(wins), len(losses))  # the premise
+    wins = wins[:10]
+    ferplus_part = np.concatenate([wins, np.flatnonzero(f_new & f_old)[:20]])
+    # half as many photo losses as FERPlus wins: the challenger also gains overall
+    photo_part = np.concatenate([losses[: len(wins) // 2], np.flatnonzero(p_new & p_old)[:20]])
+    label_sets = {
+        "ferplus": classes,
+        "photos": ["neutral", "happiness", "surprise", "sadness", "anger", "disgust"],
+    }
+
+    mixed = _split_of({"ferplus": (ferplus, ferplus_part), "photos": (photos, photo_part)})
+    refused = promote(mixed, classes, config=cfg, label_sets=label_sets)
+    assert not refused.promoted
+    assert refused.reason.startswith("photos: accuracy regresses"), refused.reason
+    assert refused.challenger_metrics["ferplus.accuracy"] > refused.champion_metrics["ferplus.accuracy"]
+    assert refused.challenger_metrics["accuracy"] > refused.champion_metrics["accuracy"]
+    assert CHAMPION in alias_of(cfg, champion_v)
+
+    ferplus_only = _split_of({"ferplus": (ferplus, ferplus_part)})
+    promoted = promote(ferplus_only, classes, config=cfg, label_sets=label_sets)
+    assert promoted.promoted, promoted.reason
+    assert CHAMPION in alias_of(cfg, challenger_v)
