@@ -49,6 +49,7 @@ def pull_and_ingest(
     source: str,
     version: str,
     source_format: str,
+    sources: str,
     class_set: str,
     leakage: str,
     drop_bad_votes: bool,
@@ -62,7 +63,7 @@ def pull_and_ingest(
 
     config = ingest_config(source_format, class_set, leakage, drop_bad_votes, min_class_count)
     data_docs.metadata["index"] = "index.html"
-    out = pull_and_ingest_step(source, version, config, dataset.path, data_docs.path)
+    out = pull_and_ingest_step(source, version, config, dataset.path, data_docs.path, sources)
     dataset.metadata.update(out["dataset"])
     log_metrics(metrics, out["metrics"])
 

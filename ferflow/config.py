@@ -403,6 +403,8 @@ class PipelineProfile:
     name: str
     source: str = DVC_SOURCE  # "dvc" or a dataset folder/CSV in ``source_format``
     source_format: SourceFormat = SourceFormat.FERPLUS
+    # with source "dvc": the sources of data/ ingested together (DEFAULT_SOURCES names)
+    sources: str = "ferplus,photos"
     data_version: str = ""  # expected DVC md5 of the data; "" = whatever data.dvc points at
     class_set: str = FERPLUS_DEFAULT_INGEST.class_set
     leakage: LeakagePolicy = FERPLUS_DEFAULT_INGEST.gate.leakage
@@ -429,6 +431,7 @@ class PipelineProfile:
             "profile": self.name,
             "source": self.source,
             "source_format": SourceFormat(self.source_format).value,
+            "sources": self.sources,
             "data_version": self.data_version,
             "class_set": self.class_set,
             "leakage": LeakagePolicy(self.leakage).value,

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ferflow.config import (
+    DEFAULT_SOURCES,
     DVC_SOURCE,
     PIPELINE_NAME,
+    DataSource,
     GateConfig,
     IngestConfig,
     LabelScheme,
@@ -107,73 +109,116 @@ def ingest_config(
     return IngestConfig(SourceFormat(source_format), LabelScheme.MAJORITY, class_set, gate)
 
 
+def dvc_sources(names: str, config: IngestConfig) -> list[DataSource]:
+    """The sources of ``data/`` named in ``names`` (comma-separated); the profile's gate settings
+    apply to FERPlus, the photo gate to photo trees."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()] or ["ferplus"]
+    known = {s.name: s for s in DEFAULT_SOURCES}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise PipelineError(f"sources {unknown} are not sources of data/ ({', '.join(known)})")
+    return [replace(known[n], gate=config.gate) if n == "ferplus" else known[n] for n in wanted]
+
+
 def pull_and_ingest_step(
     source: str,
     version: str,
     config: IngestConfig,
     dataset_dir: str | Path,
     docs_dir: str | Path,
+    sources: str = "ferplus",
 ) -> dict[str, Any]:
-    """DVC-pull (for the project's data), ingest and gate into ``dataset_dir``.
+    """DVC-pull (for the project's data: the ``sources`` of data/), ingest and gate into
+    ``dataset_dir``; a folder or CSV ``source`` is one dataset in ``config.source_format``.
 
-    The GX Data Docs (``index.html`` and the pages it links) and ``summary.json`` land in
-    ``docs_dir`` whether the gate passes or not; a failed gate raises
+    The GX Data Docs (``index.html`` and the pages it links; one folder per source) and
+    ``summary.json`` land in ``docs_dir`` whether the gate passes or not; a failed gate raises
     :class:`~ferflow.validate.GateFailed` and writes no dataset.
     """
-    from ferflow.data import dvc_version_of, ingest
+    from ferflow.data import dvc_version_of, ingest, ingest_sources
     from ferflow.validate import GateFailed
     from ferflow.versioning import pull
 
     started = time.perf_counter()
     if source == DVC_SOURCE:
         root = project_root()
-        src = dvc_raw_dir(root, config.source_format)
-        pull(root, targets=[str(src.relative_to(root))])
-        pulled = dvc_version_of(src)
+        chosen = dvc_sources(sources, config)
+        pull(root, targets=[s.path for s in chosen])
+        pulled = dvc_version_of(root / chosen[0].path)
         if pulled != version:
             raise PipelineError(f"pulled data is version {pulled!r}, expected {version!r}")
+
+        def run(tmp: str):
+            return ingest_sources(
+                chosen, config.label_scheme, config.class_set, tmp, False, root, out=dataset_dir
+            )
     else:
         src = Path(source).expanduser().resolve()
+
+        def run(tmp: str):
+            return ingest(src, dataset_dir, config, report_dir=tmp, progress=False)
+
     docs_dir = Path(docs_dir)
     with tempfile.TemporaryDirectory(prefix="ferflow-gate-") as tmp:
         try:
-            result = ingest(src, dataset_dir, config, report_dir=tmp, progress=False)
+            result = run(tmp)
         except GateFailed as exc:
             _copy_report(Path(tmp), docs_dir)
             print(exc.report.human(), flush=True)
             raise
         _copy_report(Path(tmp), docs_dir)
-    print(result.report.human(), flush=True)
-    s = result.report.summary
+    for name, report in result.reports.items():
+        print(f"[{name}] {report.human()}", flush=True)
+    return {"metrics": _ingest_metrics(result, started), "dataset": _dataset_meta(result, version)}
+
+
+def _ingest_metrics(result, started: float) -> dict[str, float]:
+    summaries = [r.summary for r in result.reports.values()]
     metrics: dict[str, float] = {
-        "images_read": s["n_rows"],
-        "images_kept": s["n_kept"],
-        "dropped_by_policy": s["n_policy_dropped"],
-        "dropped_by_scheme": s["n_scheme_dropped"],
-        "cross_split_duplicates": s["duplicates"]["cross_split_groups"],
+        "images_read": sum(s["n_rows"] for s in summaries),
+        "images_kept": sum(s["n_kept"] for s in summaries),
+        "dropped_by_policy": sum(s["n_policy_dropped"] for s in summaries),
+        "dropped_by_scheme": sum(s["n_scheme_dropped"] for s in summaries),
+        "cross_split_duplicates": sum(s["duplicates"]["cross_split_groups"] for s in summaries),
         "seconds": round(time.perf_counter() - started, 2),
     }
     for split, info in result.meta["splits"].items():
         metrics[f"{split}_images"] = info["n"]
-    dataset_meta = {
+    if len(result.reports) > 1:
+        for name, s in zip(result.reports, summaries, strict=True):
+            metrics[f"{name}_images_kept"] = s["n_kept"]
+    return metrics
+
+
+def _dataset_meta(result, version: str) -> dict[str, Any]:
+    return {
         "version": version,
-        "source": str(src),
+        "source": result.meta["source"],
         "source_format": result.meta["source_format"],
+        "sources": ",".join(result.reports),
         "class_set": result.meta["class_set"],
         "classes": result.meta["classes"],
         "splits": {k: v["n"] for k, v in result.meta["splits"].items()},
         "gate": "passed",
     }
-    return {"metrics": metrics, "dataset": dataset_meta}
 
 
 def _copy_report(report: Path, docs_dir: Path) -> None:
-    """Data Docs folder contents to ``docs_dir`` (so ``docs_dir/index.html`` and its links work)."""
+    """Data Docs to ``docs_dir`` (so ``docs_dir/index.html`` and its links work): one source's at
+    the root, several sources' each in its folder under an index page that links them."""
     docs_dir.mkdir(parents=True, exist_ok=True)
     if (report / "data_docs").is_dir():
         shutil.copytree(report / "data_docs", docs_dir, dirs_exist_ok=True)
     if (report / "summary.json").is_file():
         shutil.copy2(report / "summary.json", docs_dir / "summary.json")
+    per_source = sorted(p for p in report.iterdir() if (p / "summary.json").is_file())
+    for sub in per_source:
+        _copy_report(sub, docs_dir / sub.name)
+    if per_source:
+        links = "".join(f'<li><a href="{p.name}/index.html">{p.name}</a></li>' for p in per_source)
+        (docs_dir / "index.html").write_text(
+            f"<html><body><h1>Data gate, per source</h1><ul>{links}</ul></body></html>"
+        )
 
 
 def train_config(model_name: str, epochs: int, tuned_params: str = "") -> TrainConfig:

@@ -124,6 +124,7 @@ def build_pipeline(cluster: ClusterConfig | None = None):
         profile: str = _D["profile"],
         source: str = _D["source"],
         source_format: str = _D["source_format"],
+        sources: str = _D["sources"],
         data_version: str = _D["data_version"],
         class_set: str = _D["class_set"],
         leakage: str = _D["leakage"],
@@ -146,8 +147,8 @@ def build_pipeline(cluster: ClusterConfig | None = None):
         _configure_cluster(outcome, cluster)
         with dsl.ExitHandler(outcome, name="ferflow-run"):
             version, data = _data_steps(
-                cluster, source, source_format, data_version, class_set=class_set, leakage=leakage,
-                drop_bad_votes=drop_bad_votes, min_class_count=min_class_count,
+                cluster, source, source_format, data_version, sources=sources, class_set=class_set,
+                leakage=leakage, drop_bad_votes=drop_bad_votes, min_class_count=min_class_count,
             )  # fmt: skip
             dataset = data.outputs["dataset"]
             tuned = _tuning_steps(

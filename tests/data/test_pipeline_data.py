@@ -36,6 +36,7 @@ def test_pull_and_ingest_component_writes_dataset_docs_and_metrics(subset: Path,
         source=str(subset),
         version=version,
         source_format="ferplus",
+        sources="",
         class_set="ferplus8",
         leakage="fail",
         drop_bad_votes=False,
@@ -110,6 +111,10 @@ def test_smoke_profile_end_to_end_registers_a_champion(
     assert "champion" in version["aliases"] and "challenger" in version["aliases"]
     assert version["dataset_md5"] == data_version
     assert version["git_commit"] and version["gate.promoted"] == "true"
+    # FERPlus and the photos, each through its own gate, each scored apart by the promotion gate
+    assert {"gate.ferplus.accuracy", "gate.photos.accuracy"} <= set(version)
+    docs = run.run_dir / "pull-and-ingest" / "data_docs"
+    assert (docs / "ferplus" / "index.html").is_file() and (docs / "photos" / "summary.json").is_file()
     assert float(version["gate.accuracy"]) == pytest.approx(run.summary["evaluation"]["accuracy"], abs=1e-6)
     assert "PROMOTED to champion" in run.render()
     # one trial, and it is the untuned baseline: nothing to adopt, and the summary says so
