@@ -17,7 +17,7 @@ help:
 	@echo "             (kfp.local: ingest + GX gate, Optuna study, full training, evaluation, registry gate)"
 	@echo "make test  - set up, pull the DVC data, run the test suite"
 	@echo "make pipeline-smoke - the same pipeline, smoke profile (a few hundred images, ~5 min)"
-	@echo "make dataset        - only pull, ingest, validate and describe the data"
+	@echo "make dataset        - only pull, ingest (FERPlus + photos), validate and describe the data"
 	@echo "make reference      - retrain the committed reference model (configs/reference.yaml)"
 	@echo "make serve - the BentoML service on :3000"
 	@echo "make lint  - ruff"
@@ -40,8 +40,7 @@ run: data
 	$(FERFLOW) pipeline run --profile default
 
 dataset: data
-	$(FERFLOW) data ingest --format ferplus data/ferplus --out artifacts/canonical \
-		--leakage drop --drop-bad-votes --report artifacts/validation
+	$(FERFLOW) data ingest --out artifacts/canonical --report artifacts/validation
 	$(FERFLOW) data stats artifacts/canonical
 
 # retrain the committed reference model from its recipe (configs/reference.yaml); add

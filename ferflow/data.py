@@ -484,9 +484,13 @@ def ingest_sources(
     names = [s.name for s in sources]
     if not sources or len(set(names)) != len(names):
         raise IngestError(f"sources need distinct names, got {names}")
+    paths = {s.name: Path(s.path) if Path(s.path).is_absolute() else Path(root) / s.path for s in sources}
+    missing = [f"{name}={path}" for name, path in paths.items() if not path.exists()]
+    if missing:  # before any source is read: a typo should not cost a full ingest
+        raise IngestError(f"source folder(s) not found: {', '.join(missing)}")
     results = {}
     for source in sources:
-        path = Path(source.path) if Path(source.path).is_absolute() else Path(root) / source.path
+        path = paths[source.name]
         config = IngestConfig(source.source_format, label_scheme, class_set, source.gate)
         reports = None if report_dir is None else Path(report_dir) / source.name
         results[source.name] = ingest_to_memory(path, config, reports, progress, name=source.name)

@@ -458,3 +458,26 @@ def track(result: dict[str, Any], files: Sequence[Path], run_id: str | None = No
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         return run.info.run_id
+
+
+CARD_BEGIN, CARD_END = "<!-- ferflow evaluate -->", "<!-- /ferflow evaluate -->"
+
+
+def update_card(card: str | Path, result: dict[str, Any], command: str) -> Path:
+    """Write the result into a model card: its ``ferflow evaluate`` section is replaced (or,
+    the first time, appended), the rest of the card is kept."""
+    card = Path(card)
+    text = card.read_text() if card.is_file() else ""
+    section = (
+        f"{CARD_BEGIN}\n## Cross-dataset evaluation and robustness\n\n"
+        f"`{command}`\n\n{card_section(result)}\n{CARD_END}"
+    )
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + section + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = card.with_suffix(card.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(card)  # a reader never sees half a card
+    return card

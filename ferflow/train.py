@@ -230,7 +230,7 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndar
 def source_row_weights(split: Split, meta: dict[str, Any], weights: dict[str, float]) -> np.ndarray:
     """Each row's source weight: the recipe's ``source_weights``, else the source's ingest weight."""
     sources = meta.get("sources") or {}
-    unknown = sorted(set(weights) - set(sources))
+    unknown = sorted(n for n, w in weights.items() if w and n not in sources)  # 0 for an absent one: fine
     if unknown:
         raise ValueError(
             f"source_weights names {unknown}, which the dataset does not hold; its sources: {sorted(sources)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +46,9 @@ def evaluate_cmd(
     out: Annotated[
         Path | None, typer.Option(help="folder for evaluation.json/.md and robustness.png.")
     ] = None,
+    card: Annotated[
+        Path | None, typer.Option(help="model card (MODEL_CARD.md) whose evaluation section to write.")
+    ] = None,
     track: Annotated[bool, typer.Option("--track", help="log metrics and files to MLflow.")] = False,
     run_id: Annotated[
         str | None, typer.Option(help="with --track: log into this MLflow run (a training run).")
@@ -69,10 +73,10 @@ def evaluate_cmd(
         )  # fmt: skip
     except (EvalDataError, ModelNotFound, FileNotFoundError, ValueError) as exc:
         raise fail(f"error: {exc}", 2) from exc
-    files = write_report(result, out) if out is not None else []
+    files = write_report(result, out or PATHS.artifacts / "evaluate") if out or track else []
+    if card is not None:
+        files.append(ev.update_card(card, result, "ferflow " + " ".join(sys.argv[1:])))
     if track:
-        if not files:
-            files = write_report(result, PATHS.artifacts / "evaluate")
         result["mlflow_run_id"] = ev.track(result, files, run_id)
     if as_json:
         typer.echo(json.dumps(result, default=str))

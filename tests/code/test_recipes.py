@@ -47,6 +47,8 @@ def test_yaml_and_toml_recipes_agree_and_round_trip(tmp_path):
     assert from_toml == from_yaml and from_yaml.width == 24 and not from_yaml.augment.flip
     (tmp_path / "dumped.yaml").write_text(dump_recipe(from_yaml))
     assert load_recipe(tmp_path / "dumped.yaml") == from_yaml
+    weighted = load_recipe(tmp_path / "r.yaml", ["source_weights={photos: 2, ferplus: 0.5}"])
+    assert weighted.source_weights == {"photos": 2.0, "ferplus": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,9 @@ def test_yaml_and_toml_recipes_agree_and_round_trip(tmp_path):
         (["epochs"], "expected KEY=VALUE"),
         (["model=vgg"], "model 'vgg' is not one of"),
         (["tune_fraction=1.5"], "tune_fraction must be in (0, 1)"),
+        (["source_weights=3"], "source_weights: expected a mapping such as {photos: 2.0}"),
+        (["source_weights={photos: lots}"], "source_weights.photos: expected a number, got 'lots'"),
+        (["source_weights={photos: -1}"], "source_weights must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_fault(overrides, message):

@@ -240,10 +240,18 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
     assert {
         "learning_curves.png",
         "confusion_matrix.png",
+        "robustness.png",
         "per_class_metrics.json",
         "onnx",
         "keras",
     } <= names
+    # the robustness suite ran on the test split; the card and the run carry it
+    assert run.data.metrics["robustness.clean"] == pytest.approx(
+        result.metrics["robustness"]["clean_accuracy"]
+    )
+    assert "| occlude_eyes |" in (out_dir / "MODEL_CARD.md").read_text()
+    prior = json.loads(FerClassifier(out_dir / "model.onnx").metadata["train_prior"])
+    assert len(prior) == 8 and sum(prior) == pytest.approx(1.0, abs=1e-4)
     test = result.metrics["test"]
     assert {"accuracy", "macro_f1", "n", "per_class_recall", "occluded_accuracy"} <= set(test)
     assert test["n"] == len(open_dataset(small_dataset).load("valid"))
@@ -257,6 +265,28 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
         assert again["accuracy"] == pytest.approx(test["accuracy"])
         assert again["occluded_accuracy"] == pytest.approx(test["occluded_accuracy"])
         assert Path(again["model"]).name == "model.onnx"
+
+
+def test_source_weights_scale_and_drop_rows_of_a_source(small_dataset):
+    from ferflow.train import prepare_data, train_prior
+
+    ds = open_dataset(small_dataset)
+    splits = {s: ds.load(s) for s in ds.splits}
+    train = splits["train"]
+    train.dataset = np.where(np.arange(len(train)) % 4 == 0, "photos", "ferplus")  # a quarter "photos"
+    meta = {**ds.meta, "sources": {"ferplus": {"weight": 1.0}, "photos": {"weight": 1.0}}}
+    plain = prepare_data(TINY, (splits, meta))
+    heavy = prepare_data(replace(TINY, source_weights={"photos": 3.0}), (splits, meta))
+    is_photo = heavy.fit.dataset == "photos"
+    ratio = heavy.weights[is_photo].mean() / heavy.weights[~is_photo].mean()
+    base = plain.weights[is_photo].mean() / plain.weights[~is_photo].mean()
+    assert ratio == pytest.approx(3 * base, rel=1e-4)
+    assert heavy.weights.mean() == pytest.approx(1.0)
+    without = prepare_data(replace(TINY, source_weights={"photos": 0.0}), (splits, meta))
+    assert set(without.fit.dataset) == {"ferplus"} and set(without.tune.dataset) == {"ferplus"}
+    assert sum(train_prior(without)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="clinic"):
+        prepare_data(replace(TINY, source_weights={"clinic": 1.0}), (splits, meta))
 
 
 @pytest.fixture(scope="module")
