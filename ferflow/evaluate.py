@@ -362,7 +362,7 @@ def evaluate_datasets(
         if chosen not in splits:
             raise EvalDataError(f"{path}: no split {chosen!r}; it has {sorted(splits)}")
         for name, result in score_dataset(predictor, splits[chosen], meta, prior).items():
-            key = name if name not in out["datasets"] else f"{Path(path).name}/{name}"
+            key = name if name not in out["datasets"] else str(path)  # the same source twice
             out["datasets"][key] = {
                 **result,
                 "path": str(path),

@@ -200,15 +200,15 @@ def plot(suite: dict[str, Any], path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for shift in dict.fromkeys(r["shift"] for r in suite["rows"]):
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    shifts = list(dict.fromkeys(r["shift"] for r in suite["rows"]))
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(shifts), 1)))  # 13 lines: no repeated colour
+    for k, shift in enumerate(shifts):
         rows = [r for r in suite["rows"] if r["shift"] == shift]
-        ax.plot(
-            [0, *(r["severity"] for r in rows)],
-            [suite["clean_accuracy"], *(r["accuracy"] for r in rows)],
-            marker="o",
-            label=shift,
-        )
+        severities = [0, *(r["severity"] for r in rows)]
+        accuracies = [suite["clean_accuracy"], *(r["accuracy"] for r in rows)]
+        style = "-" if k % 2 == 0 else "--"
+        ax.plot(severities, accuracies, style, marker="os^D"[k % 4], color=colours[k], label=shift)
     ax.axhline(suite["clean_accuracy"], color="black", linestyle="--", linewidth=1)
     ax.set_xticks([0, 1, 2, 3], ["clean", "1", "2", "3"])
     ax.set_xlabel("severity")
