@@ -165,6 +165,9 @@ class IngestConfig:
     label_scheme: LabelScheme = LabelScheme.MAJORITY
     class_set: str = "ferplus8"
     gate: GateConfig = field(default_factory=GateConfig)
+    # folder trees: find the face in each photo as the server does; False for trees of face
+    # crops that are already framed (any size: they are centre-square cropped and resized)
+    detect_faces: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class DataSource:
     source_format: SourceFormat = SourceFormat.FOLDERS
     gate: GateConfig = field(default_factory=GateConfig)
     weight: float = 1.0  # default training weight of its rows (TrainConfig.source_weights wins)
+    detect_faces: bool = True  # folder trees: photos (True) or already-framed face crops (False)
 
 
 # Gate for labelled photo trees: drop (and list) photos without a detectable face and cross-split

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ferflow.canonical import Split, write_dataset
@@ -98,15 +98,25 @@ def to_canonical_pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
-def _face_pixels(image: Image.Image, record: ImageRecord) -> None:
-    """A photo's face through the serving path's detector and FER framing; an image already
-    48x48 is a face crop as it stands. No face: ``error`` says so (never a centre crop)."""
-    from ferflow.faces import main_face_crop
+def _face_pixels(data: bytes, name: str, record: ImageRecord) -> None:
+    """A photo's face exactly as the server finds it: the server's decoder (EXIF orientation,
+    16-bit PNGs, reduced-scale decoding of huge JPEGs, its limits), detector and FER framing.
+    An image already 48x48 is a face crop as it stands. No face: ``error`` says so (never a
+    centre crop)."""
+    from ferflow.faces import main_face_crop, to_gray
+    from ferflow.inference import ImageLimits, InferenceError
+    from ferflow.inference import decode_image as decode_upload
 
-    if image.size == (IMAGE_SIZE, IMAGE_SIZE):
-        record.pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    limits = ImageLimits()
+    try:
+        rgb, scale = decode_upload(data, limits, name=name, max_side=limits.detect_max_side)
+    except InferenceError as exc:
+        record.error = exc.message
         return
-    rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    record.height, record.width = (round(side * scale) for side in rgb.shape[:2])
+    if rgb.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
+        record.pixels = to_gray(rgb)
+        return
     crop = main_face_crop(rgb)
     if crop is None:
         record.error = NO_FACE
@@ -129,14 +139,14 @@ def decode_image(path: Path, record: ImageRecord, detect: bool = False) -> None:
     if not data:
         record.error = "empty file"
         return
+    if detect:
+        _face_pixels(data, path.name, record)
+        return
     try:
         with Image.open(io.BytesIO(data)) as image:
             record.width, record.height = image.size
             image.load()  # forces a full decode: truncated files fail here, not later
-            if detect:
-                _face_pixels(image, record)
-            else:
-                record.pixels = to_canonical_pixels(image)
+            record.pixels = to_canonical_pixels(image)
     except UnidentifiedImageError:
         record.error = "not an image"
     except (OSError, SyntaxError, ValueError) as exc:
@@ -246,9 +256,10 @@ def folder_splits(src: Path) -> list[tuple[Path, str]]:
     raise IngestError(f"{src}: no class folders; expected e.g. train/angry/*.jpg or angry/*.jpg")
 
 
-def read_folders(src: Path) -> Iterator[ImageRecord]:
+def read_folders(src: Path, detect: bool = True) -> Iterator[ImageRecord]:
     """Folder-per-class trees (``train/angry/x.jpg``) of photos of any size or colour: each goes
-    through face detection and FER framing, as the server does; 48x48 images are face crops."""
+    through face detection and FER framing, as the server does (48x48 images are face crops);
+    with ``detect=False`` every image is taken as a framed face crop."""
     for split_dir, split in folder_splits(src):
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for path in sorted(class_dir.rglob("*")):
@@ -259,7 +270,7 @@ def read_folders(src: Path) -> Iterator[ImageRecord]:
                     source=str(path.relative_to(src)),
                     raw_label=CLASS_SYNONYMS.get(class_dir.name.lower(), class_dir.name),
                 )
-                decode_image(path, record, detect=True)
+                decode_image(path, record, detect=detect)
                 yield record
 
 
@@ -300,13 +311,16 @@ def count_hint(src: Path, source_format: SourceFormat) -> int | None:
 
 
 def read_source(
-    src: str | Path, source_format: SourceFormat | str, progress: bool = True
+    src: str | Path, source_format: SourceFormat | str, progress: bool = True, detect_faces: bool = True
 ) -> list[ImageRecord]:
     src = Path(src)
     source_format = SourceFormat(source_format)
     if not src.exists():
         raise IngestError(f"{src}: no such file or directory")
-    records: Iterable[ImageRecord] = READERS[source_format](src)
+    if source_format is SourceFormat.FOLDERS:
+        records: Iterable[ImageRecord] = read_folders(src, detect_faces)
+    else:
+        records = READERS[source_format](src)
     if progress:
         records = tqdm(records, total=count_hint(src, source_format), desc=f"reading {src.name}", unit="img")
     return list(records)
@@ -410,7 +424,7 @@ def ingest_to_memory(
     class_set = get_class_set(config.class_set)
     src = Path(src)
     name = name or src.stem
-    records = read_source(src, config.source_format, progress=progress)
+    records = read_source(src, config.source_format, progress, config.detect_faces)
     table = build_table(records, config.label_scheme, class_set, SourceFormat(config.source_format), str(src))
     report, keep = run_gate(table, class_set, config.gate, report_dir)
     if not report.passed:
@@ -491,7 +505,7 @@ def ingest_sources(
     results = {}
     for source in sources:
         path = paths[source.name]
-        config = IngestConfig(source.source_format, label_scheme, class_set, source.gate)
+        config = IngestConfig(source.source_format, label_scheme, class_set, source.gate, source.detect_faces)
         reports = None if report_dir is None else Path(report_dir) / source.name
         results[source.name] = ingest_to_memory(path, config, reports, progress, name=source.name)
     splits, leaks = _merge_splits([r.splits for r in results.values()])
@@ -505,7 +519,11 @@ def ingest_sources(
             split: {"n": len(s), "class_counts": _class_counts(s, first["classes"])}
             for split, s in splits.items()
         },
-        "sources": {s.name: {**results[s.name].meta["sources"][s.name], "weight": s.weight} for s in sources},
+        "sources": {
+            s.name: results[s.name].meta["sources"][s.name]
+            | {"weight": s.weight, "splits": _rows_of(splits, s.name)}
+            for s in sources
+        },
         "cross_source_leaks": leaks,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -515,13 +533,20 @@ def ingest_sources(
     return IngestResult(splits, meta, last, {n: r.report for n, r in results.items()})
 
 
+def _rows_of(splits: dict[str, Split], name: str) -> dict[str, int]:
+    """Rows per split of source ``name`` in the merged dataset."""
+    counts = {split: int((s.dataset == name).sum()) for split, s in splits.items()}
+    return {split: n for split, n in counts.items() if n}
+
+
 def _class_counts(split: Split, classes: list[str]) -> dict[str, int]:
     counts = np.bincount(split.label.astype(int), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts, strict=True)}
 
 
 def _merge_splits(parts: list[dict[str, Split]]) -> tuple[dict[str, Split], int]:
-    """Concatenate the sources' splits; drop training rows whose pixels a held-out split holds."""
+    """Concatenate the sources' splits; drop training rows whose pixels another source holds in
+    a held-out split."""
     merged: dict[str, Split] = {}
     for split in SPLIT_ORDER:
         pieces = [p[split] for p in parts if split in p]
@@ -529,13 +554,19 @@ def _merge_splits(parts: list[dict[str, Split]]) -> tuple[dict[str, Split], int]
             merged[split] = Split(
                 **{k: np.concatenate([piece.arrays()[k] for piece in pieces]) for k in pieces[0].arrays()}
             )
-    held_out = {h for split, s in merged.items() if split != "train" for h in s.content_hash}
-    leaks = 0
-    if "train" in merged and held_out:
-        clean = ~np.isin(merged["train"].content_hash, list(held_out))
-        leaks = int((~clean).sum())
-        merged["train"] = merged["train"].subset(np.flatnonzero(clean))
-    return merged, leaks
+    train = merged.get("train")
+    held_out: dict[str, set[str]] = {}  # content hash -> the sources holding it in a held-out split
+    for split, s in merged.items():
+        if split != "train":
+            for h, d in zip(s.content_hash, s.dataset, strict=True):
+                held_out.setdefault(str(h), set()).add(str(d))
+    if train is None or not held_out:
+        return merged, 0
+    # within a source its own gate's leakage policy decided; here only another source's copy counts
+    rows = zip(train.content_hash, train.dataset, strict=True)
+    leak = np.array([bool(held_out.get(str(h), set()) - {str(d)}) for h, d in rows], bool)
+    merged["train"] = train.subset(np.flatnonzero(~leak))
+    return merged, int(leak.sum())
 
 
 def ingest(

@@ -113,9 +113,12 @@ def adjust_logits(
 ) -> np.ndarray:
     """Logit adjustment (Menon et al., 2021): move a model trained under ``train_prior`` to a
     test set whose classes follow ``target_prior``: ``logits + log(target) - log(train)``."""
-    train = np.clip(np.asarray(train_prior, np.float64), 1e-12, None)
-    target = np.clip(np.asarray(target_prior, np.float64), 1e-12, None)
-    return logits + (np.log(target / target.sum()) - np.log(train / train.sum())).astype(logits.dtype)
+    train, target = np.asarray(train_prior, np.float64), np.asarray(target_prior, np.float64)
+    train, target = train / train.sum(), target / target.sum()
+    safe = np.log(np.clip(target, 1e-12, None)) - np.log(np.clip(train, 1e-12, None))
+    # a class the model never trained on keeps its logit (no boost), unless the target excludes it
+    shift = np.where(train > 0, safe, np.where(target > 0, 0.0, np.log(1e-12)))
+    return logits + shift.astype(logits.dtype)
 
 
 def evaluate_split(
@@ -262,6 +265,9 @@ def load_eval_data(
         result = ingest_to_memory(src, config, progress=progress, name=path.name)
     except (IngestError, GateFailed) as exc:
         raise EvalDataError(f"{path}: {exc}".splitlines()[0]) from exc
+    if not result.splits:
+        no_face = len(result.report.dropped.get(f"{NO_FACE} (photo not used)", []))
+        raise EvalDataError(f"{path}: no image to score ({no_face} photos without a detectable face)")
     if split_name is not None:  # the one split folder read, under its own name
         result.splits = {split_name: next(iter(result.splits.values()))}
     meta = dict(result.meta)
@@ -358,11 +364,16 @@ def evaluate_datasets(
     first: Split | None = None
     for path in datasets:
         splits, meta = load_eval_data(path, predictor.classes, progress, split)
+        if list(meta["classes"]) != list(predictor.classes):
+            raise EvalDataError(
+                f"{path}: classes {meta['classes']} differ from the model's {predictor.classes}; "
+                "ingest it with the model's class set"
+            )
         chosen = split or [s for s in SPLIT_ORDER if s in splits][-1]
         if chosen not in splits:
             raise EvalDataError(f"{path}: no split {chosen!r}; it has {sorted(splits)}")
         for name, result in score_dataset(predictor, splits[chosen], meta, prior).items():
-            key = name if name not in out["datasets"] else str(path)  # the same source twice
+            key = name if name not in out["datasets"] else f"{path}:{name}"  # a source seen twice
             out["datasets"][key] = {
                 **result,
                 "path": str(path),
@@ -472,7 +483,7 @@ def update_card(card: str | Path, result: dict[str, Any], command: str) -> Path:
         f"{CARD_BEGIN}\n## Cross-dataset evaluation and robustness\n\n"
         f"`{command}`\n\n{card_section(result)}\n{CARD_END}"
     )
-    if CARD_BEGIN in text and CARD_END in text:
+    if CARD_BEGIN in text and CARD_END in text.split(CARD_BEGIN, 1)[1]:
         head, rest = text.split(CARD_BEGIN, 1)
         text = head + section + rest.split(CARD_END, 1)[1]
     else:

@@ -12,7 +12,8 @@ two runs) see the very same perturbed images:
 - ``occlude_eyes`` and ``occlude_mouth``: a grey band over the eye or mouth rows of the FER
   framing, of growing height.
 
-``ferflow evaluate --robustness`` prints the table, writes ``robustness.json`` and one plot.
+``ferflow evaluate --robustness`` prints the table; ``--out`` adds it to ``evaluation.json``
+and draws ``robustness.png``.
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ SHIFTS: dict[str, tuple[Shift, str, tuple[float, float, float]]] = {
 def perturb(faces: np.ndarray, shift: str, severity: int, seed: int = 0) -> np.ndarray:
     """``faces`` (uint8 ``(N, 48, 48)``) under ``shift`` at ``severity`` 1-3."""
     fn, _, values = SHIFTS[shift]
+    if severity not in (1, 2, 3):
+        raise ValueError(f"severity {severity}: the suite has severities 1, 2 and 3")
     return fn(np.ascontiguousarray(faces), values[severity - 1], np.random.default_rng(seed))
 
 

@@ -525,6 +525,8 @@ def prepare_data(
         tune_idx = np.sort(rng.permutation(tune_idx)[: max(limit_train // 4, len(classes))])
     row_weight = source_row_weights(full, meta, cfg.source_weights)
     fit_idx, tune_idx = fit_idx[row_weight[fit_idx] > 0], tune_idx[row_weight[tune_idx] > 0]
+    if fit_idx.size == 0:
+        raise ValueError(f"source_weights {cfg.source_weights} leave no training rows in {name}")
     fit_split, tune_split = full.subset(fit_idx), full.subset(tune_idx)
     scheme = LabelScheme(cfg.label_scheme)
     if scheme is LabelScheme.MULTI_TARGET and cfg.augment.mixup_alpha > 0:
@@ -738,8 +740,14 @@ def export_and_score(
         tune_score = _keep_tta_if_it_pays(cfg, data, onnx_path, tune_score, extras)
     metrics: dict[str, Any] = {"tune": tune_score}
     if data.test is not None:
-        # occlusion seed 0: the fixed protocol `ferflow evaluate` uses by default
-        metrics["test"] = ev.evaluate_split(FerClassifier(onnx_path), data.test, data.classes, seed=0)
+        # occlusion seed 0, per-source label sets from the dataset: the registry gate's protocol
+        metrics["test"] = ev.evaluate_split(
+            FerClassifier(onnx_path),
+            data.test,
+            data.classes,
+            seed=0,
+            label_sets=ev.source_label_sets(data.meta),
+        )
         if cfg.robustness:
             metrics["robustness"] = _robustness(FerClassifier(onnx_path), data.test)
     metrics["onnx_precision"] = extras["onnx_precision"]
@@ -750,8 +758,16 @@ def export_and_score(
 def train_prior(data: TrainingData) -> list[float]:
     """The class distribution the loss saw: training labels weighted as in the loss (class and
     source weights); ``ferflow evaluate --prior`` adjusts logits away from it."""
-    mass = np.bincount(data.fit.label.astype(int), weights=data.weights, minlength=len(data.classes))
-    return [round(float(m), 6) for m in mass / max(mass.sum(), 1e-12)]
+    mass = (_soft_targets(data) * data.weights[:, None]).sum(axis=0)
+    return [round(float(m), 6) for m in mass / max(float(mass.sum()), 1e-12)]
+
+
+def _soft_targets(data: TrainingData) -> np.ndarray:
+    """(N, C) class mass per training row: the scheme's targets (one-hot rows for majority)."""
+    targets = np.asarray(data.targets, np.float64)
+    if targets.ndim == 2 and targets.shape == (len(data.fit), len(data.classes)):
+        return targets / np.clip(targets.sum(axis=1, keepdims=True), 1e-12, None)
+    return np.eye(len(data.classes))[data.fit.label.astype(int)]
 
 
 def _robustness(predictor, test: Split) -> dict[str, Any]:

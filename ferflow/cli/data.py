@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -100,7 +101,9 @@ def _parse_added(items: list[str]) -> list[DataSource]:
                 "(e.g. --add clinic=~/faces)",
                 2,
             )
-        added.append(DataSource(name, str(Path(path).expanduser()), SourceFormat.FOLDERS, PHOTO_GATE))
+        added.append(
+            DataSource(name, str(Path(path).expanduser().resolve()), SourceFormat.FOLDERS, PHOTO_GATE)
+        )
     return added
 
 
@@ -139,25 +142,58 @@ def data_ingest(
             "--add", help="NAME=PATH: a labelled photo tree (class folders) added to data/'s sources."
         ),
     ] = None,
-    source_format: FormatOpt = _INGEST.source_format,
+    source_format: Annotated[
+        SourceFormat | None, typer.Option("--format", "-f", help="Layout of SRC.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="canonical dataset folder.")] = PATHS.canonical,
     scheme: SchemeOpt = _INGEST.label_scheme,
     class_set: ClassSetOpt = _INGEST.class_set,
-    leakage: LeakageOpt = _GATE.leakage,
-    drop_bad_votes: DropVotesOpt = _GATE.drop_bad_votes,
-    min_class_count: MinCountOpt = _GATE.min_class_count,
+    leakage: Annotated[
+        LeakagePolicy | None,
+        typer.Option(
+            "--leakage", help="fail on images shared across splits, or drop the less held-out copy."
+        ),
+    ] = None,
+    drop_bad_votes: Annotated[
+        bool | None,
+        typer.Option(
+            "--drop-bad-votes/--keep-bad-votes", help="drop vote rows not summing to the annotator count."
+        ),
+    ] = None,
+    min_class_count: Annotated[
+        int | None, typer.Option("--min-class-count", help="fewest training images per class.")
+    ] = None,
+    detect_faces: Annotated[
+        bool,
+        typer.Option(
+            "--detect/--no-detect",
+            help="folder trees: find each photo's face (or take images as framed crops).",
+        ),
+    ] = True,
     report: ReportOpt = PATHS.artifacts / "validation",
 ) -> None:
     """Ingest and run the validation gate (per source); write the canonical dataset only if it passes.
 
     Without SRC: data/'s sources (FERPlus and the photos, each through its own gate; photos
-    through face detection), plus every --add NAME=PATH tree."""
+    through face detection), plus every --add NAME=PATH tree; --leakage, --drop-bad-votes and
+    --min-class-count then set FERPlus's gate."""
+    asked = {"leakage": leakage, "drop_bad_votes": drop_bad_votes, "min_class_count": min_class_count}
+    asked = {k: v for k, v in asked.items() if v is not None}
     if src is None:
-        _ingest_sources([*DEFAULT_SOURCES, *_parse_added(add or [])], out, report, scheme, class_set)
+        if source_format is not None:
+            raise fail(
+                "error: --format describes SRC; without SRC the sources of data/ have their own layouts", 2
+            )
+        sources = [
+            replace(s, gate=replace(s.gate, **asked)) if s.name == "ferplus" else s for s in DEFAULT_SOURCES
+        ]
+        _ingest_sources([*sources, *_parse_added(add or [])], out, report, scheme, class_set)
         return
     if add:
         raise fail("error: --add extends data/'s sources; leave SRC out to use it", 2)
-    config = _ingest_config(source_format, scheme, class_set, leakage, drop_bad_votes, min_class_count)
+    config = IngestConfig(
+        source_format or _INGEST.source_format, scheme, class_set, replace(_GATE, **asked), detect_faces
+    )
     _run_ingest(src, out, report, config)
 
 

@@ -108,3 +108,47 @@ def test_cli_adds_a_labelled_tree_in_one_command(sources, tmp_path: Path, monkey
     )
     assert res.exit_code == 2 and "nowhere" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_only_another_sources_held_out_copy_is_dropped_from_training() -> None:
+    from ferflow.canonical import Split
+    from ferflow.data import _merge_splits
+
+    def split(hashes: list[str], name: str) -> Split:
+        n = len(hashes)
+        return Split(
+            pixels=np.zeros((n, 48, 48), np.uint8), votes=np.full((n, 10), -1, np.int16),
+            target=np.zeros((n, 8), np.float32), label=np.zeros(n, np.int16),
+            source=np.array([f"{name}/{h}" for h in hashes]), content_hash=np.array(hashes),
+            dataset=np.full(n, name),
+        )  # fmt: skip
+
+    a = {"train": split(["x", "y"], "a"), "valid": split(["z"], "a")}
+    b = {"train": split(["z", "w", "y2"], "b"), "valid": split(["y"], "b")}
+    merged, leaks = _merge_splits([a, b])
+    # a's "y" is b's held-out image, b's "z" is a's: both go; nothing else does
+    assert leaks == 2 and sorted(merged["train"].content_hash) == ["w", "x", "y2"]
+    same = {"train": split(["q"], "a"), "valid": split(["q"], "a")}  # within a source: its gate's call
+    assert _merge_splits([same])[1] == 0
+
+
+def test_no_detect_takes_images_as_framed_crops(tmp_path: Path) -> None:
+    from ferflow.config import IngestConfig
+    from ferflow.data import ingest_to_memory, to_canonical_pixels
+
+    tree = tmp_path / "crops" / "happiness"
+    tree.mkdir(parents=True)
+    gradient = np.tile(np.linspace(0, 255, 100, dtype=np.uint8), (100, 1))
+    Image.fromarray(gradient).save(tree / "framed.png")  # no face to find: kept as it is
+    cfg = IngestConfig(SourceFormat.FOLDERS, gate=LENIENT, detect_faces=False)
+    train = ingest_to_memory(tmp_path / "crops", cfg, progress=False).splits["train"]
+    np.testing.assert_array_equal(train.pixels[0], to_canonical_pixels(Image.fromarray(gradient)))
+
+
+def test_cli_without_src_refuses_a_format() -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    res = CliRunner().invoke(app, ["data", "ingest", "--format", "folders"])
+    assert res.exit_code == 2 and "--format describes SRC" in res.output

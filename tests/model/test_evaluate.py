@@ -121,3 +121,26 @@ def test_cli_evaluate_bad_inputs_are_one_line_errors(small_dataset: Path, tmp_pa
     assert res.exit_code == 2 and "missing" in res.output
     res = runner.invoke(app, ["evaluate", "--dataset", str(small_dataset), "--prior", "joy=0.5"])
     assert res.exit_code == 2 and "'joy' is not a model class" in res.output
+
+
+def test_a_class_the_model_never_trained_on_gets_no_boost_from_the_prior() -> None:
+    logits = np.array([[2.0, 1.0, 0.0]])
+    shifted = adjust_logits(logits, [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3])
+    assert shifted[0, 2] == pytest.approx(0.0) and shifted.argmax() == 0
+    assert adjust_logits(logits, [0.5, 0.5, 0.0], [0.5, 0.5, 0.0])[0, 2] < -20  # excluded by the target
+
+
+def test_a_dataset_with_other_classes_is_refused_by_name(small_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    other = tmp_path / "clinical"
+    shutil.copytree(small_dataset, other)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["classes"] = ["neutral", "happiness", "sadness", "anger"]
+    (other / "dataset.json").write_text(json.dumps(meta))
+    res = CliRunner().invoke(app, ["evaluate", "--dataset", str(other)])
+    assert res.exit_code == 2 and str(other) in res.output and "differ from the model's" in res.output
