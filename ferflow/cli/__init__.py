@@ -3,6 +3,7 @@
     ferflow data ...       ferflow/cli/data.py       (ferflow.data, ferflow.validate)
     ferflow train          ferflow/cli/train.py      (ferflow.train, ferflow.recipes)
     ferflow evaluate       ferflow/cli/evaluate.py   (ferflow.evaluate, ferflow.robustness)
+    ferflow analyze        ferflow/cli/analyze.py    (ferflow.footage)
     ferflow tune           ferflow/cli/tune.py       (ferflow.tune)
     ferflow registry ...   ferflow/cli/registry.py   (ferflow.registry)
     ferflow serve          ferflow/cli/serve.py      (serving/service.py)
@@ -19,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli import data, evaluate, pipeline, registry, serve, train, tune
+from ferflow.cli import analyze, data, evaluate, pipeline, registry, serve, train, tune
 
 app = typer.Typer(
     help="ferflow: facial emotion recognition, from versioned data to a served model.",
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(train.app)
 app.add_typer(evaluate.app)
+app.add_typer(analyze.app)
 app.add_typer(tune.app)
 app.add_typer(registry.app, name="registry")
 app.add_typer(serve.app)

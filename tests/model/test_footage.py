@@ -1,0 +1,128 @@
+"""ferflow analyze: photos, folders and real video clips through the server's recognition path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ferflow.config import FERPLUS_EMOTIONS
+from ferflow.footage import AnalyzeConfig, FootageError, Tracker, analyze, write_rows
+
+VIDEO = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "video"
+QUIET = AnalyzeConfig(progress=False)
+
+
+@pytest.fixture(scope="module")
+def clips() -> Path:
+    if not (VIDEO / "single_face.mp4").is_file():
+        pytest.skip(f"no sample clips at {VIDEO}")
+    return VIDEO
+
+
+def test_every_frame_has_its_container_time_one_track_and_smoothed_scores(clips: Path) -> None:
+    rows = analyze(clips / "single_face.mp4", config=QUIET)
+    assert len(rows) == 72 and list(rows["frame"]) == list(range(72))
+    assert rows["time_s"].iloc[0] == 0.0
+    np.testing.assert_allclose(np.diff(rows["time_s"]), 1 / 30, atol=2e-3)
+    assert set(rows["track_id"]) == {0} and (rows["face_px"] > 100).all()
+    classes = list(FERPLUS_EMOTIONS)
+    assert set(classes) <= set(rows.columns)
+    np.testing.assert_allclose(rows[[f"smooth_{c}" for c in classes]].sum(axis=1), 1.0, atol=1e-3)
+    # neutral to smiling: the smoothed label turns later than the raw one, and both turn
+    raw_turn = rows.index[rows["label"] == "happiness"][0]
+    smooth_turn = rows.index[rows["smooth_label"] == "happiness"][0]
+    assert 0 < raw_turn < smooth_turn < 72
+
+
+def test_fps_start_and_end_pick_frames_by_their_real_time(clips: Path) -> None:
+    rows = analyze(
+        clips / "single_face.mp4", config=AnalyzeConfig(fps=10, start_s=0.5, end_s=2.0, progress=False)
+    )
+    times = rows["time_s"].to_numpy()
+    assert times[0] >= 0.5 - 1e-6 and times[-1] <= 2.0 and 14 <= len(rows) <= 16
+    assert (np.diff(times) >= 0.1 - 1e-6).all()
+    np.testing.assert_allclose(times * 30, np.round(times * 30), atol=0.05)  # frame times, not a grid
+
+
+def test_frames_and_photos_without_faces_get_an_empty_row(
+    clips: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    rows = analyze(clips / "no_face.mp4", config=QUIET)
+    frames = sorted(rows["frame"].unique())  # every decoded frame is in the table, face or not
+    assert frames == list(range(len(frames))) and len(frames) >= 90
+    empty = rows[rows["face"] == -1]
+    assert len(empty) == len(frames) and (empty["track_id"] == -1).all()
+    assert (empty["label"] == "").all() and empty["happiness"].isna().all()
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    first = sorted(photos_dir.glob("*.jpg"))[0]
+    shutil.copy(first, folder / "nested" / first.name)
+    Image.fromarray(np.full((120, 120, 3), 90, np.uint8)).save(folder / "wall.png")
+    photos = analyze(folder, config=QUIET).set_index("source")
+    assert photos.loc[str(folder / "wall.png"), "face"] == -1
+    face = photos.loc[str(folder / "nested" / first.name)]
+    assert face["face"] == 0 and face["label"] in face.index and face["w"] > 0
+
+
+def test_a_track_survives_a_short_miss_and_not_a_long_one() -> None:
+    tracker = Tracker(min_iou=0.3, max_gap_s=0.5)
+    box, other = (10.0, 10.0, 50.0, 50.0), (200.0, 10.0, 50.0, 50.0)
+    assert tracker.update([box, other], 0.0) == [0, 1]
+    assert tracker.update([other, (12.0, 11.0, 50.0, 50.0)], 0.1) == [1, 0]  # order does not matter
+    assert tracker.update([], 0.3) == []
+    assert tracker.update([box], 0.5) == [0]  # 0.4 s unseen: the same person
+    assert tracker.update([box], 1.2) == [2]  # 0.7 s unseen: a new track
+
+
+def test_outputs_by_extension_and_bad_inputs_leave_nothing(clips: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    rows = [{"source": "a", "face": 0, "happiness": 0.5}, {"source": "b", "face": -1, "happiness": None}]
+    for suffix in (".csv", ".parquet", ".jsonl"):
+        written = write_rows(rows, tmp_path / f"out{suffix}")
+        back = (
+            pd.read_json(written, lines=True)
+            if suffix == ".jsonl"
+            else getattr(pd, f"read_{suffix[1:]}")(written)
+        )
+        assert len(back) == 2 and list(back["source"]) == ["a", "b"]
+    with pytest.raises(FootageError, match=r"use \.csv, \.parquet or \.jsonl"):
+        write_rows(rows, tmp_path / "out.xlsx")
+
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video")
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes((clips / "single_face.mp4").read_bytes()[:4000])
+    for bad in (fake, truncated):
+        out = tmp_path / f"{bad.stem}.csv"
+        res = CliRunner().invoke(app, ["analyze", str(bad), "--out", str(out)])
+        assert res.exit_code == 2 and str(bad) in res.output, res.output
+        assert not out.exists() and not list(tmp_path.glob(f".{out.name}.*"))
+    res = CliRunner().invoke(
+        app, ["analyze", str(clips / "single_face.mp4"), "--out", str(out), "--smooth", "soon"]
+    )
+    assert res.exit_code == 2 and "--smooth 'soon'" in res.output
+
+
+def test_cli_writes_the_table_and_the_python_api_matches_it(clips: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import ferflow
+    from ferflow.cli import app
+
+    out = tmp_path / "clip.jsonl"
+    res = CliRunner().invoke(
+        app, ["analyze", str(clips / "single_face.mp4"), "--out", str(out), "--fps", "5"]
+    )
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    api = ferflow.analyze(clips / "single_face.mp4", config=AnalyzeConfig(fps=5, progress=False))
+    assert len(lines) == len(api) and [r["label"] for r in lines] == list(api["label"])
