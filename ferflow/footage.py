@@ -340,3 +340,79 @@ def write_rows(rows: Iterable[dict[str, Any]], out: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+# --- timelines: per-track summary and plots --------------------------------------------------
+
+
+def _track_rows(table) -> Iterator[tuple[str, int, Any]]:
+    """(source, track id, its rows in time order) for every video track of ``table``."""
+    if "track_id" not in table.columns:
+        return
+    tracked = table[table["track_id"] >= 0]
+    for (source, track_id), rows in tracked.groupby(["source", "track_id"], sort=True):
+        yield str(source), int(track_id), rows.sort_values("time_s")
+
+
+def _durations(times: np.ndarray) -> np.ndarray:
+    """How long each row stands for: until the track's next row (the last: the median step)."""
+    steps = np.diff(times)
+    last = float(np.median(steps)) if steps.size else 0.0
+    return np.append(steps, last)
+
+
+def summarize(table, window_s: float = 10.0) -> dict[str, dict[str, Any]]:
+    """Per video track (``"<source>#<track>"``): seconds seen, the share of that time per
+    smoothed emotion, the dominant emotion of each ``window_s`` window, and the onsets (the times
+    the smoothed label changes, the first one included)."""
+    out: dict[str, dict[str, Any]] = {}
+    for source, track_id, rows in _track_rows(table):
+        times, labels = rows["time_s"].to_numpy(float), rows["smooth_label"].to_numpy(str)
+        weight = _durations(times)
+        total = float(weight.sum()) or 1.0
+        share = {str(c): round(float(weight[labels == c].sum()) / total, 4) for c in dict.fromkeys(labels)}
+        windows = []
+        for start in np.arange(times[0], times[-1] + 1e-9, window_s):
+            inside = (times >= start) & (times < start + window_s)
+            counts = {c: float(weight[inside & (labels == c)].sum()) for c in set(labels[inside])}
+            windows.append({"start_s": round(float(start), 3), "dominant": max(counts, key=counts.get)})
+        changes = [0, *np.flatnonzero(labels[1:] != labels[:-1]) + 1]
+        onsets = [{"time_s": round(float(times[i]), 3), "emotion": str(labels[i])} for i in changes]
+        out[f"{source}#{track_id}"] = {
+            "seconds": round(float(times[-1] - times[0] + weight[-1]), 3),
+            "share": share,
+            "windows": windows,
+            "onsets": onsets,
+        }
+    return out
+
+
+def plot_tracks(table, out_dir: str | Path, classes: list[str]) -> list[Path]:
+    """One PNG per video track: each class's probability over time, raw faint, smoothed bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    colours = plt.cm.tab10(np.linspace(0, 1, 10))
+    for source, track_id, rows in _track_rows(table):
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for k, c in enumerate(classes):
+            ax.plot(rows["time_s"], rows[c], color=colours[k % 10], alpha=0.25, linewidth=1)
+            ax.plot(rows["time_s"], rows[f"smooth_{c}"], color=colours[k % 10], linewidth=2.2, label=c)
+        ax.set(
+            xlabel="time (s)",
+            ylabel="probability",
+            ylim=(0, 1),
+            title=f"{Path(source).name}, track {track_id}",
+        )
+        ax.legend(fontsize=8, ncol=4, loc="upper right")
+        fig.tight_layout()
+        path = out_dir / f"{Path(source).stem}_track{track_id}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

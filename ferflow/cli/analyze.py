@@ -43,6 +43,12 @@ def analyze_cmd(
     smooth: Annotated[
         str, typer.Option(help="time constant in seconds of the per-track smoothing, or 'none'.")
     ] = str(_DEFAULT.smooth_s),
+    summary: Annotated[
+        Path | None,
+        typer.Option(help="JSON per video track: share of time per emotion, dominant per window, onsets."),
+    ] = None,
+    window: Annotated[float, typer.Option(help="--summary's window in seconds.")] = 10.0,
+    plot: Annotated[Path | None, typer.Option(help="folder for one timeline PNG per video track.")] = None,
 ) -> None:
     """One row per face (per analysed frame for video), with its box, label and class
     probabilities; videos add time, track id, quality flags and smoothed probabilities."""
@@ -51,9 +57,39 @@ def analyze_cmd(
 
     if fps < 0 or start < 0 or end < 0 or (end and end <= start):
         raise fail("error: --fps, --start and --end must be >= 0, and --end after --start", 2)
+    if window <= 0:
+        raise fail("error: --window must be > 0 seconds", 2)
     config = AnalyzeConfig(fps=fps, start_s=start, end_s=end, smooth_s=_smooth_seconds(smooth))
     try:
-        path = write_rows(iter_rows(inputs, model, config), out)
+        rows = iter_rows(inputs, model, config)
+        if summary is not None or plot is not None:
+            rows = list(rows)  # the timelines need every row
+        path = write_rows(rows, out)
     except (FootageError, ModelNotFound) as exc:
         raise fail(f"error: {exc}", 2) from exc
     typer.secho(f"wrote {path}", fg=typer.colors.GREEN)
+    if summary is not None or plot is not None:
+        _timelines(rows, summary, window, plot)
+
+
+def _timelines(rows: list[dict], summary: Path | None, window: float, plot: Path | None) -> None:
+    import json
+
+    import pandas as pd
+
+    from ferflow.footage import plot_tracks, summarize
+
+    table = pd.DataFrame(rows)
+    if summary is not None:
+        tmp = summary.with_name(f".{summary.name}.tmp")
+        tmp.write_text(json.dumps(summarize(table, window), indent=1))
+        tmp.replace(summary)
+        typer.echo(f"wrote {summary}")
+    if plot is not None:
+        classes = [
+            c.removeprefix("smooth_")
+            for c in table.columns
+            if c.startswith("smooth_") and c != "smooth_label"
+        ]
+        for path in plot_tracks(table, plot, classes):
+            typer.echo(f"wrote {path}")

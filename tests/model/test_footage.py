@@ -126,3 +126,23 @@ def test_cli_writes_the_table_and_the_python_api_matches_it(clips: Path, tmp_pat
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     api = ferflow.analyze(clips / "single_face.mp4", config=AnalyzeConfig(fps=5, progress=False))
     assert len(lines) == len(api) and [r["label"] for r in lines] == list(api["label"])
+
+
+def test_summary_and_timeline_plot_per_track(clips: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    summary, plots = tmp_path / "summary.json", tmp_path / "plots"
+    args = ["analyze", str(clips / "single_face.mp4"), "--out", str(tmp_path / "t.csv")]
+    res = CliRunner().invoke(app, [*args, "--summary", str(summary), "--window", "1", "--plot", str(plots)])
+    assert res.exit_code == 0, res.output
+    ((key, track),) = json.loads(summary.read_text()).items()
+    assert key.endswith("single_face.mp4#0") and track["seconds"] == pytest.approx(72 / 30, abs=0.01)
+    assert sum(track["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert [w["start_s"] for w in track["windows"]] == [0.0, 1.0, 2.0]
+    # neutral to smiling: the last onset is the smile, and it is the last window's emotion
+    assert track["onsets"][0] == {"time_s": 0.0, "emotion": "neutral"}
+    assert track["onsets"][-1]["emotion"] == "happiness" == track["windows"][-1]["dominant"]
+    (png,) = plots.glob("*.png")
+    assert png.name == "single_face_track0.png" and png.stat().st_size > 20_000
