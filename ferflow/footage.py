@@ -54,6 +54,10 @@ class AnalyzeConfig:
     # 0.95-0.97 and animated titles' false faces 0.50-0.73 (the detector's own floor is 0.5;
     # photos keep it, as the server does)
     min_score: float = 0.75
+    # detection runs on every n-th frame (and after a frame without faces); the frames between
+    # crop the last detection's boxes: a face that appears is found within n - 1 frames
+    detect_every: int = 3
+    batch_frames: int = 16  # frames whose crops are classified in one model call
     progress: bool = True
 
 
@@ -238,48 +242,125 @@ def _sharpness(gray: np.ndarray, box: tuple[int, ...]) -> float:
     return float(cv2.Laplacian(patch, cv2.CV_64F).var()) if patch.size else float("nan")
 
 
+@dataclass
+class _Frame:
+    index: int
+    time_s: float
+    bgr: np.ndarray
+    faces: list = field(default_factory=list)  # ferflow.faces.Face, this frame's boxes
+    detected: bool = False  # the boxes come from a detection on this very frame
+    crops: np.ndarray | None = None  # (faces, 48, 48) until the chunk is classified
+    probs: np.ndarray | None = None  # (faces, classes)
+
+
+def _prefetch(frames: Iterator[Any], depth: int = 32) -> Iterator[Any]:
+    """Decode ahead on a thread (OpenCV releases the GIL while decoding), at most ``depth``
+    frames in memory, so that decoding and inference overlap."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in frames:
+                buffer.put(item)
+        except BaseException as exc:  # handed to the consumer, raised there
+            buffer.put(exc)
+        buffer.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _analysed_chunks(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[list[_Frame]]:
+    """Frames in chunks, each frame with its faces and probabilities. Faces are detected every
+    ``detect_every`` frames (and on any frame after one without faces); in between, the last
+    detection's boxes are cropped from the new frame. Each chunk's crops are classified in one
+    batch."""
+    import cv2
+
+    from ferflow.faces import crop_faces
+
+    face_cfg = recognizer.config.face
+    last: list = []
+    chunk: list[_Frame] = []
+    for n, (index, time_s, bgr) in enumerate(_prefetch(_frames(path, config))):
+        frame = _Frame(index, time_s, bgr)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if n % config.detect_every == 0 or not last:
+            last = [f for f in recognizer.detector.detect(rgb) if f.score >= config.min_score]
+            frame.detected = True
+        frame.faces = last
+        frame.crops = (
+            crop_faces(rgb, last, margin=face_cfg.crop_margin, align=face_cfg.align) if last else None
+        )
+        chunk.append(frame)
+        if len(chunk) == config.batch_frames:
+            yield _classify(chunk, recognizer)
+            chunk = []
+    if chunk:
+        yield _classify(chunk, recognizer)
+
+
+def _classify(chunk: list[_Frame], recognizer) -> list[_Frame]:
+    """One model call for every crop of the chunk."""
+    crops = [f.crops for f in chunk if f.crops is not None]
+    if crops:
+        probs = recognizer.classify_batch(np.concatenate(crops))
+        start = 0
+        for frame in chunk:
+            if frame.crops is not None:
+                frame.probs, start = probs[start : start + len(frame.faces)], start + len(frame.faces)
+                frame.crops = None
+    return chunk
+
+
+def _frame_rows(path: Path, frame: _Frame, tracker: Tracker, recognizer, config) -> Iterator[dict[str, Any]]:
+    """The rows of one analysed frame: its faces tracked and smoothed, or one empty row."""
+    import cv2
+
+    classes = recognizer.classes
+    base = {"source": str(path), "frame": frame.index, "time_s": round(frame.time_s, 4)}
+    if not frame.faces:
+        empty = {"track_id": -1, "face": -1, "detected": frame.detected, "face_px": None, "sharpness": None}
+        yield base | empty | _empty(classes) | {f"smooth_{c}": None for c in classes} | {"smooth_label": ""}
+        return
+    gray = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2GRAY)
+    ids = tracker.update([tuple(map(float, f.box)) for f in frame.faces], frame.time_s)
+    for i, (face, track_id, probs) in enumerate(zip(frame.faces, ids, frame.probs, strict=True)):
+        smooth = tracker.smooth(track_id, probs, frame.time_s, config.smooth_s)
+        quality = {
+            "detected": frame.detected,
+            "face_px": int(min(face.box[2:])),
+            "sharpness": round(_sharpness(gray, face.box), 1),
+        }
+        scores = {"box": face.box, "detection_score": round(face.score, 4)} | recognizer.result(probs)
+        yield (
+            base
+            | {"track_id": track_id, "face": i}
+            | quality
+            | _face_row(scores)
+            | {f"smooth_{c}": round(float(p), 4) for c, p in zip(classes, smooth, strict=True)}
+            | {"smooth_label": classes[int(np.argmax(smooth))]}
+        )
+
+
 def video_rows(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[dict[str, Any]]:
     """One row per face per analysed frame, tracked and smoothed (an empty row for a frame
     without faces)."""
-    import cv2
     from tqdm import tqdm
 
-    classes = recognizer.classes
     tracker = Tracker(config.min_iou, config.max_gap_s)
     bar = tqdm(total=_frame_count(path), desc=path.name, unit="frame", disable=not config.progress)
-    for index, time_s, frame in _frames(path, config):
-        bar.update(index + 1 - bar.n)
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        faces = [
-            f for f in recognizer.analyze_array(rgb)["faces"] if f["detection_score"] >= config.min_score
-        ]
-        base = {"source": str(path), "frame": index, "time_s": round(time_s, 4)}
-        if not faces:
-            yield (
-                base
-                | {"track_id": -1, "face": -1, "face_px": None, "sharpness": None}
-                | _empty(classes)
-                | {f"smooth_{c}": None for c in classes}
-                | {"smooth_label": ""}
-            )
-            continue
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        ids = tracker.update([tuple(map(float, f["box"])) for f in faces], time_s)
-        for i, (face, track_id) in enumerate(zip(faces, ids, strict=True)):
-            probs = np.array([face["scores"][c] for c in classes])
-            smooth = tracker.smooth(track_id, probs, time_s, config.smooth_s)
-            quality = {
-                "face_px": int(min(face["box"][2:])),
-                "sharpness": round(_sharpness(gray, face["box"]), 1),
-            }
-            yield (
-                base
-                | {"track_id": track_id, "face": i}
-                | quality
-                | _face_row(face)
-                | {f"smooth_{c}": round(float(p), 4) for c, p in zip(classes, smooth, strict=True)}
-                | {"smooth_label": classes[int(np.argmax(smooth))]}
-            )
+    for chunk in _analysed_chunks(path, recognizer, config):
+        for frame in chunk:
+            yield from _frame_rows(path, frame, tracker, recognizer, config)
+        bar.update(chunk[-1].index + 1 - bar.n)
     bar.close()
 
 

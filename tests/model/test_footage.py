@@ -146,3 +146,15 @@ def test_summary_and_timeline_plot_per_track(clips: Path, tmp_path: Path) -> Non
     assert track["onsets"][-1]["emotion"] == "happiness" == track["windows"][-1]["dominant"]
     (png,) = plots.glob("*.png")
     assert png.name == "single_face_track0.png" and png.stat().st_size > 20_000
+
+
+def test_detecting_every_third_frame_keeps_the_labels_and_sees_a_cut_within_two_frames(clips: Path) -> None:
+    every = analyze(clips / "single_face.mp4", config=AnalyzeConfig(detect_every=1, progress=False))
+    third = analyze(clips / "single_face.mp4", config=QUIET)
+    assert third["detected"].sum() == 24 and (third["frame"][third["detected"]] % 3 == 0).all()
+    assert (every["label"] == third["label"]).mean() >= 0.95
+    cut_every = analyze(clips / "face_noface.mov", config=AnalyzeConfig(detect_every=1, progress=False))
+    cut_third = analyze(clips / "face_noface.mov", config=QUIET)
+    cut = cut_every.loc[cut_every["face"] == -1, "frame"].min()
+    assert cut > 0
+    assert cut_third.loc[(cut_third["face"] == -1) & (cut_third["frame"] >= cut), "frame"].min() <= cut + 2
