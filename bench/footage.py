@@ -1,9 +1,13 @@
-"""Video analysis speed: every frame of a clip through ``ferflow.iter_rows`` (decode, detection,
-tracking, classification, smoothing all counted); frames per second and peak RSS.
+"""Video analysis: speed and memory.
+
+Speed: every frame of a clip through ``ferflow.iter_rows`` (decode, detection, tracking,
+classification, smoothing all counted); frames per second and peak RSS.
 
     .venv/bin/python bench/footage.py ../shared/samples/video/WolfgangLanger_Pexels.mp4
 
-Prints one JSON line.
+Memory (``--loop-minutes 1 30``): the clip looped to each length (re-encoded, mp4v, in a
+temporary folder), then ``ferflow analyze CLIP --out rows.csv`` in a child process, its peak RSS
+taken by ``/usr/bin/time``. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -23,10 +27,61 @@ def machine() -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
+def looped(src: Path, minutes: float, dst: Path) -> int:
+    """``src`` repeated for ``minutes`` of video at its own frame rate; returns the frames written."""
+    import cv2
+
+    probe = cv2.VideoCapture(str(src))
+    fps, size = probe.get(cv2.CAP_PROP_FPS), (int(probe.get(3)), int(probe.get(4)))
+    probe.release()
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    total, written = round(minutes * 60 * fps), 0
+    while written < total:
+        capture = cv2.VideoCapture(str(src))
+        while written < total and (frame := capture.read()[1]) is not None:
+            writer.write(frame)
+            written += 1
+        capture.release()
+    writer.release()
+    return written
+
+
+def memory(src: Path, lengths: list[float]) -> dict:
+    import subprocess
+    import sys
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="ferflow-bench-footage-") as tmp:
+        for minutes in lengths:
+            clip = Path(tmp) / f"loop_{minutes:g}min.mp4"
+            frames = looped(src, minutes, clip)
+            cmd = ["/usr/bin/time", "-f", "%M %e", sys.executable, "-m", "ferflow", "analyze", str(clip)]
+            done = subprocess.run(
+                [*cmd, "--out", f"{tmp}/rows.csv"], capture_output=True, text=True, check=True
+            )
+            rss_kb, seconds = done.stderr.strip().splitlines()[-1].split()
+            out[f"{minutes:g}min"] = {
+                "frames": frames,
+                "peak_rss_mb": round(int(rss_kb) / 1024, 1),
+                "seconds": float(seconds),
+            }
+            clip.unlink()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("video", type=Path)
+    ap.add_argument("--loop-minutes", type=float, nargs="*", default=[], help="memory: clip lengths to build")
     args = ap.parse_args()
+    if args.loop_minutes:
+        print(
+            json.dumps(
+                {"machine": machine(), "video": str(args.video), **memory(args.video, args.loop_minutes)}
+            )
+        )
+        return
     import ferflow
     from ferflow.footage import AnalyzeConfig
 

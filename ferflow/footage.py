@@ -378,11 +378,22 @@ def iter_rows(
     if not paths:
         raise FootageError(f"{inputs}: no photo or video found")
     recognizer = _recognizer(model)
+    video = any(p.suffix.lower() in VIDEO_SUFFIXES for p in paths)
+    names = columns(recognizer.classes, video)
     for path in paths:
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            yield from video_rows(path, recognizer, config)
-        else:
-            yield from photo_rows(path, recognizer)
+        rows = video_rows(path, recognizer, config) if path.suffix.lower() in VIDEO_SUFFIXES else None
+        for row in rows if rows is not None else photo_rows(path, recognizer):
+            yield {c: row.get(c) for c in names}  # one column set for photos and videos alike
+
+
+def columns(classes: list[str], video: bool) -> list[str]:
+    """The table's columns, in order: photo columns, and the video ones when there is a video."""
+    box = ["x", "y", "w", "h", "detection_score", "label", *classes]
+    if not video:
+        return ["source", "face", *box]
+    quality = ["detected", "face_px", "sharpness"]
+    smooth = [*(f"smooth_{c}" for c in classes), "smooth_label"]
+    return ["source", "frame", "time_s", "track_id", "face", *quality, *box, *smooth]
 
 
 def analyze(
@@ -398,9 +409,9 @@ def analyze(
 
 def write_rows(rows: Iterable[dict[str, Any]], out: str | Path) -> Path:
     """Write rows to ``out`` (CSV, or Parquet / JSON Lines by its extension) through a temporary
-    file renamed at the end: an interrupted or failed run leaves no file that looks complete."""
-    import pandas as pd
-
+    file renamed at the end: an interrupted or failed run leaves no file that looks complete.
+    CSV and JSON Lines are written row by row as they come (memory stays flat on long videos);
+    Parquet is written from all rows at the end."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -409,18 +420,38 @@ def write_rows(rows: Iterable[dict[str, Any]], out: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
     try:
-        frame = pd.DataFrame(list(rows))
-        if suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        elif suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
+        if suffix == ".parquet":
+            import pandas as pd
+
+            pd.DataFrame(list(rows)).to_parquet(tmp, index=False)
         else:
-            frame.to_json(tmp, orient="records", lines=True)
+            _stream(rows, Path(tmp), suffix)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def _stream(rows: Iterable[dict[str, Any]], path: Path, suffix: str) -> None:
+    import csv
+    import json
+
+    with path.open("w", newline="") as fh:
+        writer = None
+        for row in rows:
+            if suffix == ".jsonl":
+                fh.write(json.dumps(row, default=_plain) + "\n")
+                continue
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as Python numbers for JSON."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 # --- timelines: per-track summary and plots --------------------------------------------------
