@@ -58,6 +58,7 @@ class AnalyzeConfig:
     # crop the last detection's boxes: a face that appears is found within n - 1 frames
     detect_every: int = 3
     batch_frames: int = 16  # frames whose crops are classified in one model call
+    annotate: str = ""  # a path: write the video with boxes, track ids and smoothed labels (one video only)
     progress: bool = True
 
 
@@ -357,11 +358,56 @@ def video_rows(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[dict[s
 
     tracker = Tracker(config.min_iou, config.max_gap_s)
     bar = tqdm(total=_frame_count(path), desc=path.name, unit="frame", disable=not config.progress)
-    for chunk in _analysed_chunks(path, recognizer, config):
-        for frame in chunk:
-            yield from _frame_rows(path, frame, tracker, recognizer, config)
-        bar.update(chunk[-1].index + 1 - bar.n)
+    with _Annotator(path, Path(config.annotate) if config.annotate else None) as annotator:
+        for chunk in _analysed_chunks(path, recognizer, config):
+            for frame in chunk:
+                rows = list(_frame_rows(path, frame, tracker, recognizer, config))
+                annotator.write(frame.bgr, rows)
+                yield from rows
+            bar.update(chunk[-1].index + 1 - bar.n)
     bar.close()
+
+
+class _Annotator:
+    """``--annotate``: the analysed frames with each face's box, track id and smoothed label,
+    written to a temporary file renamed when the video ends (deleted if the run fails)."""
+
+    def __init__(self, source: Path, out: Path | None) -> None:
+        self.source, self.out, self.writer, self.tmp = source, out, None, None
+
+    def __enter__(self) -> _Annotator:
+        return self
+
+    def write(self, bgr: np.ndarray, rows: list[dict[str, Any]]) -> None:
+        import cv2
+
+        if self.out is None:
+            return
+        if self.writer is None:
+            self.tmp = self.out.with_name(f".{self.out.stem}.tmp{self.out.suffix}")
+            capture = _open_video(self.source)
+            fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+            capture.release()
+            height, width = bgr.shape[:2]
+            self.writer = cv2.VideoWriter(
+                str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+            )
+        canvas = bgr.copy()
+        for row in rows:
+            if row["face"] >= 0:
+                x, y, w, h = (int(row[k]) for k in ("x", "y", "w", "h"))
+                cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 220, 0), 2)
+                text = f"#{row['track_id']} {row['smooth_label']}"
+                cv2.putText(canvas, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 220, 0), 2)
+        self.writer.write(canvas)
+
+    def __exit__(self, kind, error, trace) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            if kind is None:
+                self.tmp.replace(self.out)
+            else:
+                self.tmp.unlink(missing_ok=True)
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -377,8 +423,13 @@ def iter_rows(
     paths = expand_inputs([inputs] if isinstance(inputs, str | Path) else inputs)
     if not paths:
         raise FootageError(f"{inputs}: no photo or video found")
+    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES]
+    if config.annotate and len(videos) != 1:
+        raise FootageError(
+            f"--annotate {config.annotate}: draws one video, and the inputs hold {len(videos)}"
+        )
     recognizer = _recognizer(model)
-    video = any(p.suffix.lower() in VIDEO_SUFFIXES for p in paths)
+    video = bool(videos)
     names = columns(recognizer.classes, video)
     for path in paths:
         rows = video_rows(path, recognizer, config) if path.suffix.lower() in VIDEO_SUFFIXES else None

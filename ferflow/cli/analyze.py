@@ -49,6 +49,9 @@ def analyze_cmd(
     ] = None,
     window: Annotated[float, typer.Option(help="--summary's window in seconds.")] = 10.0,
     plot: Annotated[Path | None, typer.Option(help="folder for one timeline PNG per video track.")] = None,
+    annotate: Annotated[
+        Path | None, typer.Option(help="OUT.mp4: the video with boxes, track ids and smoothed labels drawn.")
+    ] = None,
 ) -> None:
     """One row per face (per analysed frame for video), with its box, label and class
     probabilities; videos add time, track id, quality flags and smoothed probabilities."""
@@ -59,7 +62,9 @@ def analyze_cmd(
         raise fail("error: --fps, --start and --end must be >= 0, and --end after --start", 2)
     if window <= 0:
         raise fail("error: --window must be > 0 seconds", 2)
-    config = AnalyzeConfig(fps=fps, start_s=start, end_s=end, smooth_s=_smooth_seconds(smooth))
+    config = AnalyzeConfig(
+        fps=fps, start_s=start, end_s=end, smooth_s=_smooth_seconds(smooth), annotate=str(annotate or "")
+    )
     try:
         rows = iter_rows(inputs, model, config)
         if summary is not None or plot is not None:

@@ -158,3 +158,39 @@ def test_detecting_every_third_frame_keeps_the_labels_and_sees_a_cut_within_two_
     cut = cut_every.loc[cut_every["face"] == -1, "frame"].min()
     assert cut > 0
     assert cut_third.loc[(cut_third["face"] == -1) & (cut_third["frame"] >= cut), "frame"].min() <= cut + 2
+
+
+def test_annotate_writes_the_video_with_boxes_and_refuses_several_videos(clips: Path, tmp_path: Path) -> None:
+    import cv2
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    drawn = tmp_path / "drawn.mp4"
+    args = [
+        "analyze",
+        str(clips / "single_face.mp4"),
+        "--out",
+        str(tmp_path / "t.csv"),
+        "--annotate",
+        str(drawn),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    boxes = pd.read_csv(tmp_path / "t.csv")
+    capture = cv2.VideoCapture(str(drawn))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 72
+    ok, frame = capture.read()
+    x, y, w = (int(boxes.loc[0, k]) for k in ("x", "y", "w"))
+    green = frame[y, x + w // 2]  # the top edge of the first box
+    assert ok and green[1] > 150 and green[0] < 100 and green[2] < 100, green
+    assert not list(tmp_path.glob(".drawn*"))
+    two = [
+        "analyze",
+        str(clips / "single_face.mp4"),
+        str(clips / "no_face.mp4"),
+        "--out",
+        str(tmp_path / "u.csv"),
+    ]
+    res = CliRunner().invoke(app, [*two, "--annotate", str(tmp_path / "x.mp4")])
+    assert res.exit_code == 2 and "draws one video" in res.output and not (tmp_path / "u.csv").exists()
