@@ -7,7 +7,11 @@ classification, smoothing all counted); frames per second and peak RSS.
 
 Memory (``--loop-minutes 1 30``): the clip looped to each length (re-encoded, mp4v, in a
 temporary folder), then ``ferflow analyze CLIP --out rows.csv`` in a child process, its peak RSS
-taken by ``/usr/bin/time``. Prints one JSON line.
+taken by ``/usr/bin/time``.
+
+Live (``--live-seconds S``): the clip's frames resized to 640x480 and served as a camera
+(looping, as fast as they are read) through ``ferflow.footage.live_rows``, the code path of
+``ferflow analyze --webcam``; frames per second end to end. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -70,11 +74,47 @@ def memory(src: Path, lengths: list[float]) -> dict:
     return out
 
 
+class LoopingCamera:
+    """A 640x480 camera made of a clip's frames, looping."""
+
+    def __init__(self, clip: Path) -> None:
+        self.clip, self.capture = clip, None
+
+    def read(self):
+        import cv2
+
+        ok, frame = (False, None) if self.capture is None else self.capture.read()
+        if not ok:
+            self.capture = cv2.VideoCapture(str(self.clip))
+            ok, frame = self.capture.read()
+        return ok, cv2.resize(frame, (640, 480))
+
+
+def live(src: Path, seconds: float) -> dict:
+    from ferflow.footage import AnalyzeConfig, _recognizer, live_rows
+
+    rows = list(
+        live_rows("camera:synthetic", LoopingCamera(src), _recognizer(None), AnalyzeConfig(), seconds)
+    )
+    frames = len({r["frame"] for r in rows})
+    return {
+        "live_640x480": {"frames": frames, "seconds": seconds, "frames_per_s": round(frames / seconds, 1)}
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("video", type=Path)
     ap.add_argument("--loop-minutes", type=float, nargs="*", default=[], help="memory: clip lengths to build")
+    ap.add_argument("--live-seconds", type=float, default=0.0, help="live: seconds of synthetic camera")
     args = ap.parse_args()
+    if args.live_seconds:
+        print(
+            json.dumps(
+                {"machine": machine(), "video": str(args.video), **live(args.video, args.live_seconds)}
+            )
+        )
+        return
     if args.loop_minutes:
         print(
             json.dumps(

@@ -278,7 +278,9 @@ def _prefetch(frames: Iterator[Any], depth: int = 32) -> Iterator[Any]:
         yield item
 
 
-def _analysed_chunks(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[list[_Frame]]:
+def _analysed_chunks(
+    frames: Iterator[tuple[int, float, np.ndarray]], recognizer, config: AnalyzeConfig, batch: int
+) -> Iterator[list[_Frame]]:
     """Frames in chunks, each frame with its faces and probabilities. Faces are detected every
     ``detect_every`` frames (and on any frame after one without faces); in between, the last
     detection's boxes are cropped from the new frame. Each chunk's crops are classified in one
@@ -290,7 +292,7 @@ def _analysed_chunks(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[
     face_cfg = recognizer.config.face
     last: list = []
     chunk: list[_Frame] = []
-    for n, (index, time_s, bgr) in enumerate(_prefetch(_frames(path, config))):
+    for n, (index, time_s, bgr) in enumerate(frames):
         frame = _Frame(index, time_s, bgr)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if n % config.detect_every == 0 or not last:
@@ -301,7 +303,7 @@ def _analysed_chunks(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[
             crop_faces(rgb, last, margin=face_cfg.crop_margin, align=face_cfg.align) if last else None
         )
         chunk.append(frame)
-        if len(chunk) == config.batch_frames:
+        if len(chunk) == batch:
             yield _classify(chunk, recognizer)
             chunk = []
     if chunk:
@@ -358,14 +360,61 @@ def video_rows(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[dict[s
 
     tracker = Tracker(config.min_iou, config.max_gap_s)
     bar = tqdm(total=_frame_count(path), desc=path.name, unit="frame", disable=not config.progress)
+    frames = _prefetch(_frames(path, config))
     with _Annotator(path, Path(config.annotate) if config.annotate else None) as annotator:
-        for chunk in _analysed_chunks(path, recognizer, config):
+        for chunk in _analysed_chunks(frames, recognizer, config, config.batch_frames):
             for frame in chunk:
                 rows = list(_frame_rows(path, frame, tracker, recognizer, config))
                 annotator.write(frame.bgr, rows)
                 yield from rows
             bar.update(chunk[-1].index + 1 - bar.n)
     bar.close()
+
+
+def live_frames(source, limit_s: float = 0.0) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Frames of a live source (anything with OpenCV's ``read()``: a camera, or a synthetic
+    source in tests and benchmarks), timed by the wall clock from the first frame, until the
+    source ends, ``limit_s`` passes, or Ctrl-C."""
+    import time
+
+    started, index = time.perf_counter(), 0
+    try:
+        while True:
+            ok, frame = source.read()
+            now = time.perf_counter() - started
+            if not ok or (limit_s and now > limit_s):
+                return
+            yield index, now, frame
+            index += 1
+    except KeyboardInterrupt:  # the normal end of a live session: the rows so far are kept
+        return
+
+
+def live_rows(
+    name: str, source, recognizer, config: AnalyzeConfig, limit_s: float = 0.0
+) -> Iterator[dict[str, Any]]:
+    """Rows of a live source, frame by frame (no batching across frames: each row as soon as
+    its frame is analysed), tracked and smoothed as for a video file."""
+    tracker = Tracker(config.min_iou, config.max_gap_s)
+    for chunk in _analysed_chunks(live_frames(source, limit_s), recognizer, config, batch=1):
+        yield from _frame_rows(Path(name), chunk[0], tracker, recognizer, config)
+
+
+def webcam_rows(camera: int, model: str | Path | None = None, config: AnalyzeConfig | None = None):
+    """``ferflow analyze --webcam N``: camera N until Ctrl-C."""
+    import cv2
+
+    config = config or AnalyzeConfig()
+    capture = cv2.VideoCapture(camera)
+    if not capture.isOpened():
+        raise FootageError(f"camera {camera}: not available (no such device, or in use)")
+    recognizer = _recognizer(model)
+    names = columns(recognizer.classes, video=True)
+    try:
+        for row in live_rows(f"camera:{camera}", capture, recognizer, config):
+            yield {c: row.get(c) for c in names}
+    finally:
+        capture.release()
 
 
 class _Annotator:

@@ -28,8 +28,15 @@ def _smooth_seconds(text: str) -> float:
 
 @app.command("analyze")
 def analyze_cmd(
-    inputs: Annotated[list[Path], typer.Argument(help="photos, folders (searched recursively) and videos.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="table to write: .csv, .parquet or .jsonl.")],
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help="photos, folders (searched recursively) and videos.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="table to write: .csv, .parquet or .jsonl.")
+    ] = Path("emotions.csv"),
+    webcam: Annotated[
+        int | None, typer.Option(help="camera index: analyse it live until Ctrl-C (instead of INPUTS).")
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="ONNX file/folder or MLflow URI; default: the reference model.")
     ] = None,
@@ -55,7 +62,7 @@ def analyze_cmd(
 ) -> None:
     """One row per face (per analysed frame for video), with its box, label and class
     probabilities; videos add time, track id, quality flags and smoothed probabilities."""
-    from ferflow.footage import FootageError, iter_rows, write_rows
+    from ferflow.footage import FootageError, iter_rows, webcam_rows, write_rows
     from ferflow.model_uri import ModelNotFound
 
     if fps < 0 or start < 0 or end < 0 or (end and end <= start):
@@ -65,8 +72,10 @@ def analyze_cmd(
     config = AnalyzeConfig(
         fps=fps, start_s=start, end_s=end, smooth_s=_smooth_seconds(smooth), annotate=str(annotate or "")
     )
+    if (webcam is None) == (not inputs):
+        raise fail("error: give INPUTS (photos, folders, videos) or --webcam N, not both or neither", 2)
     try:
-        rows = iter_rows(inputs, model, config)
+        rows = webcam_rows(webcam, model, config) if webcam is not None else iter_rows(inputs, model, config)
         if summary is not None or plot is not None:
             rows = list(rows)  # the timelines need every row
         path = write_rows(rows, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -194,3 +195,50 @@ def test_annotate_writes_the_video_with_boxes_and_refuses_several_videos(clips: 
     ]
     res = CliRunner().invoke(app, [*two, "--annotate", str(tmp_path / "x.mp4")])
     assert res.exit_code == 2 and "draws one video" in res.output and not (tmp_path / "u.csv").exists()
+
+
+class SyntheticCamera:
+    """A 640x480 live source made of a real clip's frames, ending after ``frames`` reads, or
+    raising KeyboardInterrupt there (Ctrl-C) with ``interrupt``."""
+
+    def __init__(self, clip: Path, frames: int, interrupt: bool = False) -> None:
+        import cv2
+
+        self.capture, self.left, self.interrupt = cv2.VideoCapture(str(clip)), frames, interrupt
+
+    def read(self):
+        import cv2
+
+        if self.left == 0:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            return False, None
+        self.left -= 1
+        ok, frame = self.capture.read()
+        return ok, cv2.resize(frame, (640, 480)) if ok else None
+
+
+def test_a_live_source_streams_tracked_rows_until_it_ends_or_ctrl_c(clips: Path) -> None:
+    from ferflow.footage import _recognizer, live_rows
+
+    recognizer = _recognizer(None)
+    rows = list(live_rows("camera:test", SyntheticCamera(clips / "single_face.mp4", 30), recognizer, QUIET))
+    assert [r["frame"] for r in rows] == list(range(30))
+    assert all(b["time_s"] > a["time_s"] for a, b in itertools.pairwise(rows))
+    assert {r["track_id"] for r in rows} == {0} and all(r["smooth_label"] for r in rows)
+    stopped = live_rows(
+        "camera:test", SyntheticCamera(clips / "single_face.mp4", 9, interrupt=True), recognizer, QUIET
+    )
+    assert len(list(stopped)) == 9  # Ctrl-C ends the session; the rows so far are kept
+
+
+def test_cli_webcam_without_a_camera_is_a_one_line_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    res = CliRunner().invoke(app, ["analyze", "--webcam", "7", "--out", str(tmp_path / "live.csv")])
+    assert res.exit_code == 2 and "camera 7: not available" in res.output
+    assert not (tmp_path / "live.csv").exists()
+    res = CliRunner().invoke(app, ["analyze", "--out", str(tmp_path / "live.csv")])
+    assert res.exit_code == 2 and "give INPUTS" in res.output
