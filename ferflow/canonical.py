@@ -68,6 +68,11 @@ class Split:
         names, first = np.unique(self.dataset, return_index=True)
         return [str(n) for n in names[np.argsort(first)]]
 
+    def first_source(self) -> tuple[str | None, Split]:
+        """The first source dataset's name and rows (the whole split when it has no sources)."""
+        names = self.datasets()
+        return (names[0], self.of_dataset(names[0])) if names else (None, self)
+
     def of_dataset(self, name: str) -> Split:
         """The rows of one source dataset."""
         return self.subset(np.flatnonzero(self.dataset == name))

@@ -381,11 +381,7 @@ def evaluate_datasets(
                 "no_face": meta.get("no_face", 0),
             }
         if first is None:
-            first = (
-                splits[chosen].of_dataset(splits[chosen].datasets()[0])
-                if splits[chosen].dataset is not None
-                else splits[chosen]
-            )
+            first = splits[chosen].first_source()[1]
     if robustness and first is not None:
 
         def predict(faces: np.ndarray) -> np.ndarray:

@@ -381,7 +381,7 @@ class HaarDetector:
         return _finish(_suppress(faces, self.config.nms_iou), (h, w), self.config)
 
 
-def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float]:
+def box_overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float]:
     """IoU and intersection over the smaller box, for ``(x, y, w, h)`` boxes."""
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
@@ -400,7 +400,7 @@ def _suppress(faces: list[Face], iou_threshold: float, contained: float = 0.7) -
     for face in sorted(faces, key=lambda f: f.score, reverse=True):
         if all(
             iou <= iou_threshold and inside <= contained
-            for iou, inside in (_overlaps(face.raw_box, k.raw_box) for k in kept)
+            for iou, inside in (box_overlaps(face.raw_box, k.raw_box) for k in kept)
         ):
             kept.append(face)
     return kept

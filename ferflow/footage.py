@@ -125,16 +125,6 @@ def photo_rows(path: Path, recognizer) -> list[dict[str, Any]]:
 # --- video -----------------------------------------------------------------------------------
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
-
-
 @dataclass
 class _Track:
     box: tuple[float, ...]
@@ -154,9 +144,11 @@ class Tracker:
     next_id: int = 0
 
     def update(self, boxes: list[tuple[float, ...]], time_s: float) -> list[int]:
+        from ferflow.faces import box_overlaps
+
         self.tracks = {k: t for k, t in self.tracks.items() if time_s - t.last_s <= self.max_gap_s}
         pairs = sorted(
-            ((_iou(b, t.box), i, k) for i, b in enumerate(boxes) for k, t in self.tracks.items()),
+            ((box_overlaps(b, t.box)[0], i, k) for i, b in enumerate(boxes) for k, t in self.tracks.items()),
             reverse=True,
         )
         ids: list[int | None] = [None] * len(boxes)
@@ -287,9 +279,6 @@ def _analysed_chunks(
     batch."""
     import cv2
 
-    from ferflow.faces import crop_faces
-
-    face_cfg = recognizer.config.face
     last: list = []
     chunk: list[_Frame] = []
     for n, (index, time_s, bgr) in enumerate(frames):
@@ -299,9 +288,7 @@ def _analysed_chunks(
             last = [f for f in recognizer.detector.detect(rgb) if f.score >= config.min_score]
             frame.detected = True
         frame.faces = last
-        frame.crops = (
-            crop_faces(rgb, last, margin=face_cfg.crop_margin, align=face_cfg.align) if last else None
-        )
+        frame.crops = recognizer.crops(rgb, last) if last else None
         chunk.append(frame)
         if len(chunk) == batch:
             yield _classify(chunk, recognizer)

@@ -418,15 +418,18 @@ class EmotionRecognizer:
         """One pre-cropped face image (any size, resized to 48x48 gray) → scores and label."""
         return self.result(self.classify_batch(self.face_crop(image_bytes, name))[0])
 
-    def analyze_array(self, rgb: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
-        """Every face in an ``(H, W, 3) uint8`` image; boxes multiplied by ``scale``."""
+    def crops(self, rgb: np.ndarray, faces: list) -> np.ndarray:
+        """The model inputs of ``faces`` found in ``rgb``: the configured FER framing."""
         from ferflow.faces import crop_faces
 
+        return crop_faces(rgb, faces, margin=self.config.face.crop_margin, align=self.config.face.align)
+
+    def analyze_array(self, rgb: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
+        """Every face in an ``(H, W, 3) uint8`` image; boxes multiplied by ``scale``."""
         faces = self.detector.detect(rgb)
         out: list[dict[str, Any]] = []
         if faces:
-            crops = crop_faces(rgb, faces, margin=self.config.face.crop_margin, align=self.config.face.align)
-            probs = self.classify_batch(crops)
+            probs = self.classify_batch(self.crops(rgb, faces))
             for face, p in zip(faces, probs, strict=True):
                 box = [round(v * scale) for v in face.box]
                 out.append({"box": box, "detection_score": round(face.score, 4), **self.result(p)})

@@ -775,13 +775,13 @@ def _robustness(predictor, test: Split) -> dict[str, Any]:
     from ferflow import robustness as rb
     from ferflow.preprocess import to_model_input
 
-    part = test.of_dataset(test.datasets()[0]) if test.dataset is not None else test
+    name, part = test.first_source()
     suite = rb.run_suite(
         lambda faces: predictor.logits(to_model_input(faces)).argmax(axis=1),
         part.pixels,
         part.label.astype(int),
     )
-    suite["dataset"] = test.datasets()[0] if test.dataset is not None else "test"
+    suite["dataset"] = name or "test"
     return suite
 
 
