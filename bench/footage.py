@@ -12,6 +12,16 @@ taken by ``/usr/bin/time``.
 Live (``--live-seconds S``): the clip's frames resized to 640x480 and served as a camera
 (looping, as fast as they are read) through ``ferflow.footage.live_rows``, the code path of
 ``ferflow analyze --webcam``; frames per second end to end. Prints one JSON line.
+
+Peer (``--fer-python PY``, with the speed run): after ferflow's timing, and never alongside it,
+``bench/fer_video_peer.py`` runs in that interpreter (a venv with `fer`, built by
+``bash bench/peers/setup_fer_venv.sh``): ``fer``'s ``Video.analyze`` on every frame of the same clip
+(Haar + TFLite, nothing saved). Adds its result under ``fer`` and ``ratio_vs_fer`` (ferflow's
+frames/s over fer's). ferflow's seconds include its model load and first calls; fer's exclude them
+(model loaded and a 5-frame warm-up before its clock), so the ratio leans, if at all, fer's way::
+
+    .venv/bin/python bench/footage.py ../shared/samples/video/WolfgangLanger_Pexels.mp4 \
+        --fer-python /work/fer-venv/bin/python
 """
 
 from __future__ import annotations
@@ -102,11 +112,23 @@ def live(src: Path, seconds: float) -> dict:
     }
 
 
+def fer_peer(python: Path, src: Path) -> dict:
+    """``bench/fer_video_peer.py`` on ``src`` in ``python`` (the fer venv); its JSON line."""
+    import subprocess
+
+    script = Path(__file__).with_name("fer_video_peer.py")
+    done = subprocess.run([str(python), str(script), str(src)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"fer peer failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("video", type=Path)
     ap.add_argument("--loop-minutes", type=float, nargs="*", default=[], help="memory: clip lengths to build")
     ap.add_argument("--live-seconds", type=float, default=0.0, help="live: seconds of synthetic camera")
+    ap.add_argument("--fer-python", type=Path, help="speed: also time fer's Video.analyze in this Python")
     args = ap.parse_args()
     if args.live_seconds:
         print(
@@ -139,6 +161,10 @@ def main() -> None:
         "tracks": len({r["track_id"] for r in rows if r["track_id"] >= 0}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if args.fer_python:
+        peer = fer_peer(args.fer_python, args.video)
+        out["fer"] = peer
+        out["ratio_vs_fer"] = round(out["frames_per_s"] / peer["frames_per_s"], 2)
     print(json.dumps(out))
 
 
