@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,18 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}  # what the server decodes too
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"}
 OUTPUT_SUFFIXES = {".csv", ".parquet", ".jsonl"}
 
 
 class FootageError(ValueError):
     """An input or output that cannot be analysed; the message names it and the fix."""
+
+
+class SkippedInput(UserWarning):
+    """A file left out of a run over several inputs (junk in a folder, or a file that failed);
+    the message names it. The other files are analysed."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class AnalyzeConfig:
     # crop the last detection's boxes: a face that appears is found within n - 1 frames
     detect_every: int = 3
     batch_frames: int = 16  # frames whose crops are classified in one model call
+    # video frames outside these bounds are refused before decoding (8K UHD, 33.2 MP, fits)
+    min_side: int = 16
+    max_pixels: int = 40_000_000
     annotate: str = ""  # a path: write the video with boxes, track ids and smoothed labels (one video only)
     progress: bool = True
 
@@ -66,19 +75,29 @@ class AnalyzeConfig:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Photos and videos named, folders searched recursively; unknown kinds are refused."""
+    """Photos and videos named, folders searched recursively. A named file of another kind is
+    refused; other files inside a folder are skipped with a :class:`SkippedInput` warning each."""
+    known = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+                if path.suffix.lower() in known:
+                    found.append(path)
+                else:
+                    why = f"skipped, not a photo or video by its extension ({_known()})"
+                    warnings.warn(f"{path}: {why}", SkippedInput, 2)
         elif not item.exists():
             raise FootageError(f"{item}: no such file or folder")
-        elif item.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+        elif item.suffix.lower() in known:
             found.append(item)
         else:
-            known = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-            raise FootageError(f"{item}: not a photo or video by its extension ({known})")
+            raise FootageError(f"{item}: not a photo or video by its extension ({_known()})")
     return found
+
+
+def _known() -> str:
+    return ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
 
 
 def _recognizer(model: str | Path | None):
@@ -217,14 +236,50 @@ def _frames(path: Path, config: AnalyzeConfig) -> Iterator[tuple[int, float, np.
         raise FootageError(f"{path}: no frame could be decoded (corrupt, truncated or empty video)")
 
 
-def _frame_count(path: Path) -> int | None:
-    import cv2
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    frames: int | None  # from the container's index; None when it does not say
 
-    capture = cv2.VideoCapture(str(path))
+
+def probe_video(path: Path, config: AnalyzeConfig) -> VideoInfo:
+    """The container's first video stream, read without decoding a frame; a
+    :class:`FootageError` naming the file when it cannot be analysed: not a container FFmpeg
+    reads, no video stream, a codec without a decoder, no frames, or frames too small or too
+    large (``max_pixels``: checked before any frame is decoded)."""
+    import av
+
+    fix = "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
     try:
-        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    finally:
-        capture.release()
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise FootageError(
+            f"{path}: not a readable video ({reason}): corrupt, truncated or not a video"
+        ) from None
+    with container:
+        if not container.streams.video:
+            other = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+            raise FootageError(f"{path}: no video stream (the file holds {other})")
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        if codec is None or codec.width <= 0 or codec.height <= 0:
+            raise FootageError(f"{path}: the video codec is not supported by this FFmpeg; {fix}")
+        width, height = codec.width, codec.height
+        duration = container.duration or 0
+    if stream.frames == 0 and duration <= 0:
+        raise FootageError(f"{path}: the video holds no frames")
+    if min(width, height) < config.min_side:
+        raise FootageError(
+            f"{path}: frames of {width}x{height} are too small to hold a face (sides >= {config.min_side} px)"
+        )
+    if width * height > config.max_pixels:
+        raise FootageError(
+            f"{path}: frames of {width}x{height} are over the limit of {config.max_pixels:,} pixels; "
+            "rescale it, e.g. ffmpeg -i IN -vf scale=1920:-2 OUT.mp4"
+        )
+    return VideoInfo(width, height, stream.frames or None)
 
 
 def _sharpness(gray: np.ndarray, box: tuple[int, ...]) -> float:
@@ -345,8 +400,9 @@ def video_rows(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[dict[s
     without faces)."""
     from tqdm import tqdm
 
+    info = probe_video(path, config)
     tracker = Tracker(config.min_iou, config.max_gap_s)
-    bar = tqdm(total=_frame_count(path), desc=path.name, unit="frame", disable=not config.progress)
+    bar = tqdm(total=info.frames, desc=path.name, unit="frame", disable=not config.progress)
     frames = _prefetch(_frames(path, config))
     with _Annotator(path, Path(config.annotate) if config.annotate else None) as annotator:
         for chunk in _analysed_chunks(frames, recognizer, config, config.batch_frames):
@@ -465,12 +521,20 @@ def iter_rows(
             f"--annotate {config.annotate}: draws one video, and the inputs hold {len(videos)}"
         )
     recognizer = _recognizer(model)
-    video = bool(videos)
-    names = columns(recognizer.classes, video)
+    names = columns(recognizer.classes, video=bool(videos))
+    failed = 0
     for path in paths:
-        rows = video_rows(path, recognizer, config) if path.suffix.lower() in VIDEO_SUFFIXES else None
-        for row in rows if rows is not None else photo_rows(path, recognizer):
-            yield {c: row.get(c) for c in names}  # one column set for photos and videos alike
+        try:
+            rows = video_rows(path, recognizer, config) if path.suffix.lower() in VIDEO_SUFFIXES else None
+            for row in rows if rows is not None else photo_rows(path, recognizer):
+                yield {c: row.get(c) for c in names}  # one column set for photos and videos alike
+        except FootageError as exc:
+            if len(paths) == 1:
+                raise
+            failed += 1
+            warnings.warn(f"{exc} (skipped)", SkippedInput, 2)
+    if failed == len(paths):
+        raise FootageError(f"none of the {failed} photos and videos could be analysed (see the warnings)")
 
 
 def columns(classes: list[str], video: bool) -> list[str]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -74,16 +78,47 @@ def analyze_cmd(
     )
     if (webcam is None) == (not inputs):
         raise fail("error: give INPUTS (photos, folders, videos) or --webcam N, not both or neither", 2)
-    try:
-        rows = webcam_rows(webcam, model, config) if webcam is not None else iter_rows(inputs, model, config)
-        if summary is not None or plot is not None:
-            rows = list(rows)  # the timelines need every row
-        path = write_rows(rows, out)
-    except (FootageError, ModelNotFound) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+    with _warnings_per_file() as skipped:
+        try:
+            if webcam is not None:
+                rows = webcam_rows(webcam, model, config)
+            else:
+                rows = iter_rows(inputs, model, config)
+            if summary is not None or plot is not None:
+                rows = list(rows)  # the timelines need every row
+            path = write_rows(rows, out)
+        except (FootageError, ModelNotFound) as exc:
+            raise fail(f"error: {exc}", 2) from exc
     typer.secho(f"wrote {path}", fg=typer.colors.GREEN)
     if summary is not None or plot is not None:
         _timelines(rows, summary, window, plot)
+    if skipped:  # the table holds the rest; the exit code says something was left out
+        raise fail(f"warning: {len(skipped)} file(s) skipped, listed above; the table holds the others", 1)
+
+
+@contextmanager
+def _warnings_per_file() -> Iterator[list[str]]:
+    """Each skipped file as one ``warning:`` line on stderr when it happens (above the
+    progress bars); yields the list of them."""
+    from tqdm import tqdm
+
+    from ferflow.footage import SkippedInput
+
+    skipped: list[str] = []
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if not issubclass(category, SkippedInput):
+            shown(message, category, *args, **kwargs)
+            return
+        skipped.append(str(message))
+        with tqdm.external_write_mode(file=sys.stderr):  # above the progress bar, not through it
+            typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SkippedInput)
+        warnings.showwarning = show
+        yield skipped
 
 
 def _timelines(rows: list[dict], summary: Path | None, window: float, plot: Path | None) -> None:
