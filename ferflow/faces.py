@@ -331,7 +331,9 @@ class BlazeFaceDetector:
             _make_face(self.name, np.concatenate([b[:2], b[2:] - b[:2]]), s, rgb.shape, k)
             for b, s, k in zip(boxes, scores, kps, strict=True)
         ]
-        return _finish(faces, rgb.shape, self.config)
+        # a face seen at two anchor scales (a coarse box around a fine one) overlaps by IoU
+        # too little for NMS: drop the lower-scored box lying mostly inside the other
+        return _finish(_suppress(faces, self.config.nms_iou), rgb.shape, self.config)
 
 
 # --- Haar cascades ----------------------------------------------------------------------------
