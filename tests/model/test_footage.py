@@ -71,6 +71,40 @@ def test_frames_and_photos_without_faces_get_an_empty_row(
     assert face["face"] == 0 and face["label"] in face.index and face["w"] > 0
 
 
+def test_the_group_photo_gives_its_five_faces_once_each(clips: Path) -> None:
+    from ferflow.faces import box_overlaps
+
+    rows = analyze(clips / "multi_face.jpg", config=QUIET)
+    boxes = list(rows[["x", "y", "w", "h"]].itertuples(index=False))
+    assert len(boxes) == 5 and list(rows["face"]) == [0, 1, 2, 3, 4]
+    assert all(box_overlaps(a, b)[1] < 0.2 for a, b in itertools.combinations(boxes, 2))
+
+
+def test_a_photo_pasted_into_a_video_keeps_the_photos_label(photos_dir: Path, tmp_path: Path) -> None:
+    """A confident photo shown for 2 s between 1 s of empty wall: every frame that shows it
+    gets the photo's own label, and no other frame gets a face."""
+    import cv2
+
+    photos = analyze(sorted(photos_dir.glob("*.jpg")), config=QUIET)
+    classes = [c for c in FERPLUS_EMOTIONS if c in photos.columns]
+    confident = photos[photos[classes].max(axis=1) >= 0.9].iloc[0]
+    picture = cv2.resize(cv2.imread(str(confident["source"])), (300, 300))
+    clip = tmp_path / "pasted.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 360))
+    for i in range(100):  # frames 25-74 (1.0-3.0 s) show the photo
+        frame = np.full((360, 640, 3), 128, np.uint8)
+        if 25 <= i < 75:
+            frame[30:330, 170:470] = picture
+        writer.write(frame)
+    writer.release()
+    rows = analyze(clip, config=QUIET)
+    shown = rows[rows["face"] >= 0]
+    assert set(shown["frame"]) <= set(range(25, 75)) and shown["frame"].min() <= 27
+    assert shown["track_id"].nunique() == 1
+    assert (shown["label"] == confident["label"]).mean() >= 0.95, shown["label"].value_counts()
+    assert (shown["smooth_label"] == confident["label"]).all()
+
+
 def test_a_track_survives_a_short_miss_and_not_a_long_one() -> None:
     tracker = Tracker(min_iou=0.3, max_gap_s=0.5)
     box, other = (10.0, 10.0, 50.0, 50.0), (200.0, 10.0, 50.0, 50.0)
@@ -81,7 +115,7 @@ def test_a_track_survives_a_short_miss_and_not_a_long_one() -> None:
     assert tracker.update([box], 1.2) == [2]  # 0.7 s unseen: a new track
 
 
-def test_outputs_by_extension_and_bad_inputs_leave_nothing(clips: Path, tmp_path: Path) -> None:
+def test_outputs_by_extension_and_bad_options(clips: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from ferflow.cli import app
@@ -98,15 +132,7 @@ def test_outputs_by_extension_and_bad_inputs_leave_nothing(clips: Path, tmp_path
     with pytest.raises(FootageError, match=r"use \.csv, \.parquet or \.jsonl"):
         write_rows(rows, tmp_path / "out.xlsx")
 
-    fake = tmp_path / "notes.mp4"
-    fake.write_text("not a video")
-    truncated = tmp_path / "cut.mp4"
-    truncated.write_bytes((clips / "single_face.mp4").read_bytes()[:4000])
-    for bad in (fake, truncated):
-        out = tmp_path / f"{bad.stem}.csv"
-        res = CliRunner().invoke(app, ["analyze", str(bad), "--out", str(out)])
-        assert res.exit_code == 2 and str(bad) in res.output, res.output
-        assert not out.exists() and not list(tmp_path.glob(f".{out.name}.*"))
+    out = tmp_path / "clip.csv"
     res = CliRunner().invoke(
         app, ["analyze", str(clips / "single_face.mp4"), "--out", str(out), "--smooth", "soon"]
     )
@@ -195,6 +221,97 @@ def test_annotate_writes_the_video_with_boxes_and_refuses_several_videos(clips: 
     ]
     res = CliRunner().invoke(app, [*two, "--annotate", str(tmp_path / "x.mp4")])
     assert res.exit_code == 2 and "draws one video" in res.output and not (tmp_path / "u.csv").exists()
+
+
+def _mjpeg(path: Path, size: tuple[int, int], frames: int) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 40 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def _bad_video(kind: str, tmp_path: Path, clips: Path) -> Path:
+    """A real file of each kind of bad video, made here."""
+    import wave
+
+    path = tmp_path / f"{kind}.avi"
+    if kind == "text":
+        (path := tmp_path / "notes.mp4").write_text("not a video")
+    elif kind == "truncated":
+        (path := tmp_path / "cut.mp4").write_bytes((clips / "single_face.mp4").read_bytes()[:4000])
+    elif kind == "audio":
+        with wave.open(str(path := tmp_path / "voice.mp4"), "wb") as sound:  # a WAV renamed .mp4
+            sound.setnchannels(1), sound.setsampwidth(2), sound.setframerate(8000)
+            sound.writeframes(bytes(16000))
+    elif kind == "zero_frames":
+        _mjpeg(path, (64, 64), 0)
+    elif kind == "codec":  # a stream whose codec tag no FFmpeg decoder claims
+        path.write_bytes(_mjpeg(tmp_path / "ok.avi", (96, 64), 3).read_bytes().replace(b"MJPG", b"ZQZQ"))
+    elif kind == "huge":
+        _mjpeg(path, (8000, 6000), 1)
+    elif kind == "tiny":
+        _mjpeg(path, (8, 8), 3)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("text", "not a readable video"),
+        ("truncated", "not a readable video"),
+        ("audio", "no video stream (the file holds audio)"),
+        ("zero_frames", "holds no frames"),
+        ("codec", "codec is not supported"),
+        ("huge", "8000x6000 are over the limit"),
+        ("tiny", "8x8 are too small"),
+    ],
+)
+def test_each_bad_video_is_a_one_line_error_naming_it_and_nothing_is_written(
+    kind: str, message: str, clips: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    bad = _bad_video(kind, tmp_path, clips)
+    out = tmp_path / "rows.csv"
+    res = CliRunner().invoke(app, ["analyze", str(bad), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert str(bad) in line and message in line, res.output
+    assert not out.exists() and not list(tmp_path.glob(".rows.csv.*"))
+
+
+def test_a_folder_of_mixed_files_skips_junk_with_a_warning_each_and_exit_1(
+    clips: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    folder = tmp_path / "mixed"
+    (folder / "session").mkdir(parents=True)
+    shutil.copy(clips / "multi_face.jpg", folder / "group.jpg")
+    shutil.copy(clips / "single_face.mp4", folder / "session" / "clip.mp4")
+    junk = [folder / "notes.txt", folder / "broken.jpg", folder / "session" / "broken.mp4"]
+    for path in junk:
+        path.write_text("junk")
+    out = tmp_path / "rows.csv"
+    res = CliRunner().invoke(app, ["analyze", str(folder), "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    warned = [ln for ln in res.output.splitlines() if ln.startswith(f"warning: {folder}")]
+    assert len(warned) == 3 and all(any(str(j) in w for w in warned) for j in junk), res.output
+    assert "3 file(s) skipped" in res.output
+    rows = pd.read_csv(out)
+    assert set(rows["source"]) == {str(folder / "group.jpg"), str(folder / "session" / "clip.mp4")}
+    for path in (folder / "group.jpg", folder / "session" / "clip.mp4"):
+        path.unlink()
+    res = CliRunner().invoke(app, ["analyze", str(folder), "--out", str(tmp_path / "none.csv")])
+    assert res.exit_code == 2 and "none of the 2 photos and videos" in res.output
+    assert not (tmp_path / "none.csv").exists()
 
 
 class SyntheticCamera:
