@@ -542,17 +542,80 @@ def test_classify_batch_uses_bentoml_adaptive_batching(
     assert batches, "classify_batch did not go through BentoML's adaptive batching"
 
 
-def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path) -> None:
+FAKE_CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+
+# The demo's tracker on known inputs: [track ids, smoothed probabilities, live track ids] per step.
+DEMO_TRACKER_STEPS = """() => {
+  const t = new ferflowDemo.Tracker();
+  const step = (boxes, time, probs) => {
+    const ids = t.update(boxes, time);
+    const smooth = probs ? t.smooth(ids[0], probs, time) : null;
+    return [ids, smooth, [...t.tracks.keys()]];
+  };
+  return [
+    step([[0, 0, 100, 100]], 0, [1, 0]),
+    step([[50, 0, 100, 100], [300, 300, 50, 50]], 0.5, [0, 1]),  // IoU 1/3: the same face
+    step([[300, 300, 50, 50], [110, 0, 100, 100]], 1.2, null),  // IoU 1/4 with [50, 0]: a new face
+    step([[50, 0, 100, 100]], 1.8, [0, 1]),  // track 0, unmatched for 1.3 s, is gone
+  ];
+}"""
+
+
+# The legend colours found on the timeline canvas (pixels of exactly a line's colour).
+TIMELINE_COLOURS = """() => {
+  const legend = [...document.querySelectorAll('#legend .item')];
+  const colours = legend.map((e) => e.style.getPropertyValue('--colour').trim().toLowerCase());
+  const c = document.getElementById('timeline');
+  const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const hex = (i) => '#' + [0, 1, 2].map((k) => px[i + k].toString(16).padStart(2, '0')).join('');
+  const seen = new Set();
+  for (let i = 0; i < px.length; i += 4) if (px[i + 3] === 255 && colours.includes(hex(i))) seen.add(hex(i));
+  return [...seen];
+}"""
+
+
+def _fake_camera_y4m(video: Path, out: Path, max_frames: int = 72) -> Path:
+    """The frames of ``video`` as a raw Y4M (4:2:0) clip, Chromium's fake camera input (looped)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    fps = round(cap.get(cv2.CAP_PROP_FPS)) or 30
+    frames = []
+    while len(frames) < max_frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(bgr[: bgr.shape[0] // 2 * 2, : bgr.shape[1] // 2 * 2])
+    cap.release()
+    assert frames, f"no frames in {video}"
+    height, width = frames[0].shape[:2]
+    with open(out, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for bgr in frames:  # I420: the Y plane, then U and V at half resolution
+            f.write(b"FRAME\n" + cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes())
+    return out
+
+
+def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM} (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     photo = _square_photos(photos_dir, 1)[0]
+    clip = photos_dir.parent / "video" / "single_face.mp4"  # one face, neutral to smiling
+    if not clip.is_file():
+        pytest.skip(f"no sample clip at {clip}")
+    camera = _fake_camera_y4m(clip, tmp_path / "camera.y4m")  # the webcam mode's fake camera
+    args = [*CHROMIUM_ARGS, *FAKE_CAMERA_ARGS, f"--use-file-for-fake-video-capture={camera}"]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
         try:
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            def box_smooth(page) -> str | None:
+                return page.locator("#overlay .box").first.get_attribute("data-smooth-label")
+
             page.goto(server.url + "/demo")
             page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
             page.set_input_files("#file", str(photo))
@@ -568,6 +631,50 @@ def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path) -> Non
             n_classes = len(json.loads(httpx.get(server.url + "/model").text)["classes"])
             assert card.locator(".bar").count() == n_classes
             assert "1 face" in page.locator("#status").text_content()
+            assert page.locator("#live").is_hidden() and box_smooth(page) is None
+
+            # the tracker and the moving average on known inputs (tau 0.5 s, IoU >= 0.3, 1 s gap)
+            steps = page.evaluate(DEMO_TRACKER_STEPS)
+            assert [ids for ids, _, _ in steps] == [[0], [0, 1], [1, 2], [3]]
+            assert [live for _, _, live in steps] == [[0], [0, 1], [0, 1, 2], [1, 2, 3]]
+            w = 1 - np.exp(-0.5 / 0.5)
+            np.testing.assert_allclose(steps[1][1], [1 - w, w], atol=1e-9)
+            np.testing.assert_allclose(steps[3][1], [0, 1])  # a new track starts unsmoothed
+
+            # webcam mode on Chromium's fake camera playing a real face: smoothed labels, timeline
+            classes = json.loads(httpx.get(server.url + "/model").text)["classes"]
+            page.click("#webcam")
+            page.wait_for_selector("#overlay .box[data-smooth-label]", timeout=60_000)
+            page.wait_for_function(
+                "Number(document.getElementById('timeline').dataset.points) >= 8", timeout=60_000
+            )
+            box = page.locator("#overlay .box").first
+            smooth_label = box_smooth(page)
+            assert smooth_label in classes and box.get_attribute("data-label") in classes
+            assert box.get_attribute("data-track") is not None
+            assert page.locator("#faces .face .raw").first.is_visible()
+            assert page.locator("#live").is_visible()
+            assert page.locator("#legend .item").all_text_contents() == classes
+            points = page.evaluate("ferflowDemo.timeline.points.filter((p) => p.smooth)")
+            assert len(points) >= 8
+            for prev, cur in (points[i - 1 : i + 1] for i in range(1, len(points))):
+                raw, smooth, before = (np.array(cur["raw"]), np.array(cur["smooth"]), prev["smooth"])
+                assert raw.shape == smooth.shape == (len(classes),) and abs(smooth.sum() - 1) < 1e-3
+                if cur["track"] == prev["track"]:  # the EMA recurrence, frame to frame
+                    w = 1 - np.exp(-(cur["t"] - prev["t"]) / 0.5)
+                    np.testing.assert_allclose(smooth, (1 - w) * np.array(before) + w * raw, atol=1e-9)
+            assert len({p["track"] for p in points}) < len(points)  # one face tracked across frames
+            assert max(np.abs(np.array(p["smooth"]) - p["raw"]).max() for p in points) > 0.01
+            assert len(set(page.evaluate(TIMELINE_COLOURS))) >= 2  # lines in the legend's colours
+            page.click("#webcam")  # stop
+            assert page.locator("#webcam").text_content() == "Use the webcam"
+
+            # back to a photo: raw labels again, no timeline
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#overlay .box:not([data-smooth-label])", timeout=30_000)
+            assert page.locator("#overlay .box").first.get_attribute("data-label") == label
+            assert "1 face" in page.locator("#status").text_content()
+            assert box_smooth(page) is None and page.locator("#live").is_hidden()
             # a bad file shows the server's error message instead of boxes
             page.set_input_files("#file", [{"name": "x.png", "mimeType": "image/png", "buffer": b"text"}])
             page.wait_for_function("document.getElementById('status').classList.contains('error')")
