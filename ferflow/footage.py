@@ -41,6 +41,14 @@ class FootageError(ValueError):
     """An input or output that cannot be analysed; the message names it and the fix."""
 
 
+class UnreadableVideo(FootageError):
+    """Not a video this FFmpeg decodes: corrupt, no video stream, or an unknown codec."""
+
+
+class VideoTooLarge(FootageError):
+    """Frames over ``max_pixels``, or longer than ``max_seconds``."""
+
+
 class SkippedInput(UserWarning):
     """A file left out of a run over several inputs (junk in a folder, or a file that failed);
     the message names it. The other files are analysed."""
@@ -67,6 +75,7 @@ class AnalyzeConfig:
     # video frames outside these bounds are refused before decoding (8K UHD, 33.2 MP, fits)
     min_side: int = 16
     max_pixels: int = 40_000_000
+    max_seconds: float = 0.0  # longer videos are refused before decoding; 0: no limit
     annotate: str = ""  # a path: write the video with boxes, track ids and smoothed labels (one video only)
     progress: bool = True
 
@@ -241,45 +250,57 @@ class VideoInfo:
     width: int
     height: int
     frames: int | None  # from the container's index; None when it does not say
+    seconds: float  # the container's duration; 0 when it does not say
 
 
 def probe_video(path: Path, config: AnalyzeConfig) -> VideoInfo:
-    """The container's first video stream, read without decoding a frame; a
-    :class:`FootageError` naming the file when it cannot be analysed: not a container FFmpeg
-    reads, no video stream, a codec without a decoder, no frames, or frames too small or too
-    large (``max_pixels``: checked before any frame is decoded)."""
+    """The container's first video stream, read without decoding a frame. Raises
+    :class:`UnreadableVideo` (not a container FFmpeg reads, no video stream, a codec without a
+    decoder), :class:`VideoTooLarge` (over ``max_pixels`` per frame or ``max_seconds``) or
+    :class:`FootageError` (no frames, frames too small), each naming the file."""
     import av
 
-    fix = "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise FootageError(
+        raise UnreadableVideo(
             f"{path}: not a readable video ({reason}): corrupt, truncated or not a video"
         ) from None
     with container:
         if not container.streams.video:
             other = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
-            raise FootageError(f"{path}: no video stream (the file holds {other})")
+            raise UnreadableVideo(f"{path}: no video stream (the file holds {other})")
         stream = container.streams.video[0]
         codec = stream.codec_context
         if codec is None or codec.width <= 0 or codec.height <= 0:
-            raise FootageError(f"{path}: the video codec is not supported by this FFmpeg; {fix}")
-        width, height = codec.width, codec.height
-        duration = container.duration or 0
-    if stream.frames == 0 and duration <= 0:
+            raise UnreadableVideo(
+                f"{path}: the video codec is not supported by this FFmpeg; "
+                "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
+            )
+        info = VideoInfo(codec.width, codec.height, stream.frames or None, (container.duration or 0) / 1e6)
+    _check_size(path, info, config)
+    return info
+
+
+def _check_size(path: Path, info: VideoInfo, config: AnalyzeConfig) -> None:
+    width, height = info.width, info.height
+    if not info.frames and info.seconds <= 0:
         raise FootageError(f"{path}: the video holds no frames")
     if min(width, height) < config.min_side:
         raise FootageError(
             f"{path}: frames of {width}x{height} are too small to hold a face (sides >= {config.min_side} px)"
         )
     if width * height > config.max_pixels:
-        raise FootageError(
+        raise VideoTooLarge(
             f"{path}: frames of {width}x{height} are over the limit of {config.max_pixels:,} pixels; "
             "rescale it, e.g. ffmpeg -i IN -vf scale=1920:-2 OUT.mp4"
         )
-    return VideoInfo(width, height, stream.frames or None)
+    if config.max_seconds and info.seconds > config.max_seconds:
+        raise VideoTooLarge(
+            f"{path}: {info.seconds:.1f} s of video is over the limit of {config.max_seconds:g} s; "
+            "cut it, e.g. ffmpeg -i IN -t 60 -c copy OUT.mp4"
+        )
 
 
 def _sharpness(gray: np.ndarray, box: tuple[int, ...]) -> float:
@@ -303,26 +324,46 @@ class _Frame:
 
 def _prefetch(frames: Iterator[Any], depth: int = 32) -> Iterator[Any]:
     """Decode ahead on a thread (OpenCV releases the GIL while decoding), at most ``depth``
-    frames in memory, so that decoding and inference overlap."""
+    frames in memory, so that decoding and inference overlap. Closing the consumer early (a
+    cancelled task) stops the thread and closes ``frames`` (the decoder is released)."""
     import queue
     import threading
 
     buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
     done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in frames:
-                buffer.put(item)
+                if not put(item):
+                    break
         except BaseException as exc:  # handed to the consumer, raised there
-            buffer.put(exc)
-        buffer.put(done)
+            put(exc)
+        finally:
+            if hasattr(frames, "close"):
+                frames.close()
+        put(done)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := buffer.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _analysed_chunks(

@@ -40,6 +40,11 @@ ENV_THREADS = "FERFLOW_THREADS"
 ENV_TTA = "FERFLOW_TTA"
 ENV_CPU_SLOTS = "FERFLOW_CPU_SLOTS"
 ENV_TRACING = "FERFLOW_TRACING"
+ENV_MAX_VIDEO_BYTES = "FERFLOW_MAX_VIDEO_BYTES"
+ENV_MAX_VIDEO_SECONDS = "FERFLOW_MAX_VIDEO_SECONDS"
+ENV_VIDEO_QUEUE = "FERFLOW_VIDEO_QUEUE"
+ENV_TASK_DIR = "FERFLOW_TASK_DIR"
+ENV_TASK_TTL_S = "FERFLOW_TASK_TTL_S"
 
 FORMATS: dict[str, str] = {
     "JPEG": "image/jpeg",
@@ -59,6 +64,17 @@ class ImageLimits:
     min_side: int = 16  # a photo smaller than this holds no findable face
     min_face_side: int = 16  # a pre-cropped face for /classify
     detect_max_side: int = 2048  # JPEGs larger than this are decoded at a reduced DCT scale
+
+
+@dataclass(frozen=True)
+class VideoTaskLimits:
+    """What ``POST /analyze_video`` accepts, and how long its results are kept."""
+
+    max_bytes: int = 200 * 2**20  # per upload, refused from Content-Length before reading
+    max_seconds: int = 600  # video duration from the container, checked before decoding
+    queue: int = 4  # tasks waiting or running per worker; more are answered 503
+    ttl_s: int = 3600  # a finished task's status and result are deleted after this
+    task_dir: str = ""  # shared by the workers; empty: <system temp>/ferflow-tasks
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,7 @@ class ServingConfig:
     # BentoML's `tracing` settings). Off, no span is built per request: BentoML samples none by
     # default, and building them took ~18 % of the event loop's time under /classify load.
     tracing: bool = False
+    video: VideoTaskLimits = field(default_factory=VideoTaskLimits)
     face: FaceConfig = field(default_factory=FaceConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
@@ -120,6 +137,13 @@ class ServingConfig:
             max_upload_bytes=integer(ENV_MAX_UPLOAD_BYTES, base.max_upload_bytes, 1024),
             max_pixels=integer(ENV_MAX_PIXELS, base.max_pixels, base.min_side**2),
         )
+        video = VideoTaskLimits(
+            max_bytes=integer(ENV_MAX_VIDEO_BYTES, VideoTaskLimits.max_bytes, 1024),
+            max_seconds=integer(ENV_MAX_VIDEO_SECONDS, VideoTaskLimits.max_seconds),
+            queue=integer(ENV_VIDEO_QUEUE, VideoTaskLimits.queue),
+            ttl_s=integer(ENV_TASK_TTL_S, VideoTaskLimits.ttl_s),
+            task_dir=env.get(ENV_TASK_DIR, "").strip(),
+        )
         return cls(
             model_uri=env.get(ENV_MODEL_URI, "").strip() or None,
             tracking_uri=env.get(ENV_TRACKING_URI, "").strip() or None,
@@ -131,6 +155,7 @@ class ServingConfig:
             runtime=env.get(RUNTIME_ENV, "").strip() or None,
             cpu_slots=integer(ENV_CPU_SLOTS, cls.cpu_slots),
             tracing=boolean(ENV_TRACING, cls.tracing),
+            video=video,
         )
 
 

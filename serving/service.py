@@ -11,6 +11,10 @@ Endpoints (all JSON; errors are ``{"error": "...", "status": 4xx, "type": "..."}
   concurrent requests are grouped into one model call in the worker (:mod:`serving.batching`)
 - ``POST /classify_batch`` a JSON array of uint8 48x48 crops; BentoML adaptive batching
   (``batchable=True``) merges concurrent calls
+- ``POST /analyze_video``  multipart field ``video`` (+ optional ``fps``, ``start``, ``end``,
+  ``smooth``) → 202 ``{"task_id", "status", ...}``; then ``GET /analyze_video/status``,
+  ``GET /analyze_video/get`` (``format=json|csv``), ``PUT /analyze_video/cancel``, each with
+  ``?task_id=`` (:mod:`serving.video_tasks`)
 - ``GET /model``           the served model: name, version, classes, limits
 - ``GET /demo``            the web demo (``serving/static``); ``/`` is BentoML's OpenAPI UI
 - ``/livez``, ``/healthz``, ``/readyz`` (ready after model load + warm-up), ``/metrics``
@@ -43,10 +47,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
+from ferflow.footage import AnalyzeConfig
 from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig, is_small_image
 from serving import bentoml_fixes
 from serving.batching import MicroBatcher, Overloaded
-from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, image_parts, parse_multipart, read_body
+from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, Part, image_parts, parse_multipart, read_body
+from serving.video_tasks import VideoTasks
 
 STARTED = time.monotonic()
 bentoml_fixes.apply()  # per-request timers that outlived their requests (see the module)
@@ -55,6 +61,9 @@ logger = logging.getLogger("bentoml.ferflow")  # a child of BentoML's configured
 CONFIG = ServingConfig.from_env()
 STATIC = Path(__file__).parent / "static"
 IMAGE_FIELD = "image"
+VIDEO_FIELD = "video"
+# /analyze_video's optional form fields → AnalyzeConfig's fields
+VIDEO_OPTIONS = {"fps": "fps", "start": "start_s", "end": "end_s", "smooth": "smooth_s"}
 WORKERS = int(os.environ.get("FERFLOW_WORKERS", "1"))
 CLASSIFY_MAX_QUEUE = 1024  # faces waiting per worker before /classify answers 503
 
@@ -63,7 +72,10 @@ OPEN_PATHS = frozenset(
     {"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/demo"}
 )
 OPEN_PREFIXES = ("/static/", "/static_content/", "/assets/")
-API_PATHS = frozenset({"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"})
+API_PATHS = frozenset(
+    {"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"}
+    | {f"/analyze_video{op}" for op in ("", "/submit", "/status", "/get", "/cancel")}
+)
 # URLs (regular expressions) BentoML's OpenTelemetry middleware skips: probes and metrics always,
 # everything unless tracing is on (see ServingConfig.tracing)
 UNTRACED_URLS = ["/livez", "/readyz", "/healthz", "/metrics"] if CONFIG.tracing else [".*"]
@@ -180,6 +192,50 @@ def _upload_body(max_images: int) -> dict[str, Any]:
     }
 
 
+def _video_body() -> dict[str, Any]:
+    seconds = {"type": "number", "minimum": 0}
+    limits = CONFIG.video
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [VIDEO_FIELD],
+                        "properties": {
+                            VIDEO_FIELD: {
+                                "type": "string",
+                                "format": "binary",
+                                "description": f"any video FFmpeg decodes (mp4, mov, mkv, webm), at most "
+                                f"{limits.max_bytes:,} bytes and {limits.max_seconds} s",
+                            },
+                            "fps": seconds | {"description": "frames analysed per second; 0: every frame"},
+                            "start": seconds | {"description": "first second analysed"},
+                            "end": seconds | {"description": "last second analysed; 0: to the end"},
+                            "smooth": {
+                                "type": "string",
+                                "description": "smoothing time constant, s, or none",
+                            },
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            str(code): {"description": text}
+            for code, text in {
+                202: "accepted: the task id, and the status / get / cancel URLs",
+                400: "malformed request or form field",
+                413: "upload, frame size or duration over the limit",
+                415: "not a video FFmpeg decodes (corrupt, no video stream, unknown codec)",
+                422: "a video with no frames, or frames too small to hold a face",
+                503: "this worker's video queue is full: retry later",
+            }.items()
+        },
+    }
+
+
 async def _images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
     per_image = CONFIG.limits.max_upload_bytes
     limit = (
@@ -213,6 +269,7 @@ class FERService:
             max_queue=CLASSIFY_MAX_QUEUE,
             on_batch=CLASSIFY_BATCH.observe,
         )
+        self.videos = VideoTasks(self.recognizer, CONFIG.video)
         # Everything allocated so far (modules, model, BentoML) lives as long as the process:
         # move it out of the collector's reach, so that a full collection under load scans only
         # request garbage instead of the whole heap (p99 at concurrency 32: 137 → 67 ms).
@@ -306,6 +363,65 @@ async def classify(request: Request) -> JSONResponse:
     return JSONResponse({**svc.recognizer.result(probs), "model": svc.recognizer.model})
 
 
+def _video_options(parts: list[Part]) -> AnalyzeConfig:
+    """``fps``, ``start``, ``end`` (seconds) and ``smooth`` (seconds, or ``none``) form fields."""
+    values: dict[str, float] = {}
+    for part in parts:
+        if part.name not in VIDEO_OPTIONS:
+            continue
+        text = part.data.decode("utf-8", "replace").strip()
+        try:
+            value = 0.0 if part.name == "smooth" and text.lower() == "none" else float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:  # also NaN
+            raise InferenceError(f"form field '{part.name}': {text[:40]!r} is not a number of seconds >= 0")
+        values[VIDEO_OPTIONS[part.name]] = value
+    if values.get("end_s") and values["end_s"] <= values.get("start_s", 0.0):
+        raise InferenceError("form fields 'start' and 'end': 'end' must come after 'start'")
+    return AnalyzeConfig(progress=False, **values)
+
+
+@http.post("/analyze_video", openapi_extra=_video_body(), tags=["Video"], status_code=202)
+@http.post("/analyze_video/submit", openapi_extra=_video_body(), tags=["Video"], status_code=202)
+async def analyze_video(request: Request) -> JSONResponse:
+    """Submit a video (multipart field ``video``; optional fields ``fps``, ``start``, ``end``,
+    ``smooth``): checked at once, analysed in the background. Answers 202 with the task id."""
+    limit = CONFIG.video.max_bytes + MULTIPART_OVERHEAD
+    body = await read_body(request.stream(), request.headers.get("content-length"), limit)
+    parts = parse_multipart(body, request.headers.get("content-type"), 1 + MAX_EXTRA_PARTS)
+    (video,) = image_parts(parts, VIDEO_FIELD, 1)
+    config = _video_options(parts)
+    del body  # the upload's bytes live in `video` only, until written to the task's folder
+    status = await _run(_service().videos.submit, video.data, video.filename or VIDEO_FIELD, config)
+    task = status["task_id"]
+    links = {f"{op}_url": f"/analyze_video/{op}?task_id={task}" for op in ("status", "get", "cancel")}
+    return JSONResponse({**status, **links}, status_code=202)
+
+
+@http.get("/analyze_video/status", tags=["Video"])
+async def analyze_video_status(task_id: str | None = None) -> JSONResponse:
+    """A task's state (``pending``, ``in_progress``, ``completed``, ``failed``, ``canceled``)
+    and progress (``frames_done`` of ``frames_total``)."""
+    return JSONResponse(_service().videos.status(task_id))
+
+
+@http.get("/analyze_video/get", tags=["Video"])
+async def analyze_video_get(task_id: str | None = None, format: str = "json") -> FileResponse:
+    """A completed task's rows (one per face per analysed frame, as ``ferflow analyze`` writes
+    them) as JSON with a per-track summary, or ``format=csv``; a failed task answers its error."""
+    path = _service().videos.result_path(task_id, format)
+    if format == "csv":
+        return FileResponse(path, media_type="text/csv", filename=f"{task_id}.csv")
+    return FileResponse(path, media_type="application/json")
+
+
+@http.put("/analyze_video/cancel", tags=["Video"])
+async def analyze_video_cancel(task_id: str | None = None) -> JSONResponse:
+    """Stop a pending or running task; its upload is deleted."""
+    return JSONResponse(_service().videos.cancel(task_id))
+
+
 @http.get("/model", tags=["Inference"])
 async def model() -> JSONResponse:
     """The served model and the request limits."""
@@ -321,6 +437,8 @@ async def model() -> JSONResponse:
                 "max_pixels": limits.max_pixels,
                 "min_side": limits.min_side,
                 "max_batch_images": CONFIG.max_batch_images,
+                "max_video_bytes": CONFIG.video.max_bytes,
+                "max_video_seconds": CONFIG.video.max_seconds,
             },
             "auth": bool(CONFIG.api_key),
         }

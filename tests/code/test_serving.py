@@ -46,7 +46,13 @@ from ferflow.predict import REFERENCE_MODEL, FerClassifier
 from tests.conftest import ROOT
 
 API_KEY = "test-key-3f9c2b7d"
-AUTH_LIMITS = {"FERFLOW_MAX_UPLOAD_BYTES": str(200 * 1024), "FERFLOW_MAX_PIXELS": str(2_000_000)}
+AUTH_LIMITS = {
+    "FERFLOW_MAX_UPLOAD_BYTES": str(200 * 1024),
+    "FERFLOW_MAX_PIXELS": str(2_000_000),
+    "FERFLOW_MAX_VIDEO_BYTES": str(1_000_000),
+    "FERFLOW_MAX_VIDEO_SECONDS": "2",
+}
+VIDEO = ROOT.parent / "shared" / "samples" / "video"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -116,12 +122,16 @@ class Server:
     url: str
     proc: subprocess.Popen
     log: Path
+    tasks: Path | None = None  # FERFLOW_TASK_DIR
 
     def get(self, path: str, **kw) -> httpx.Response:
         return httpx.get(self.url + path, timeout=30, **kw)
 
     def post(self, path: str, **kw) -> httpx.Response:
         return httpx.post(self.url + path, timeout=60, **kw)
+
+    def put(self, path: str, **kw) -> httpx.Response:
+        return httpx.put(self.url + path, timeout=30, **kw)
 
     def processes(self) -> list[psutil.Process]:
         root = psutil.Process(self.proc.pid)
@@ -169,7 +179,10 @@ def server(model_path: Path, tmp_path_factory) -> Iterator[Server]:
     port = _free_port()
     ferflow = Path(sys.executable).parent / "ferflow"
     cmd = [str(ferflow), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    srv = _start(cmd, _env(model_path), port, tmp_path_factory.mktemp("srv") / "server.log")
+    folder = tmp_path_factory.mktemp("srv")
+    env = _env(model_path, FERFLOW_TASK_DIR=str(folder / "tasks"))
+    srv = _start(cmd, env, port, folder / "server.log")
+    srv.tasks = folder / "tasks"
     yield srv
     _stop(srv)
 
@@ -682,3 +695,109 @@ def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path, tmp_pa
             assert not errors, errors
         finally:
             browser.close()
+
+
+# --- video tasks ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clips() -> Path:
+    if not (VIDEO / "single_face.mp4").is_file():
+        pytest.skip(f"no sample clips at {VIDEO}")
+    return VIDEO
+
+
+def _video(path: Path, **fields: str) -> dict:
+    return {"files": {"video": (path.name, path.read_bytes(), "video/mp4")}, "data": fields}
+
+
+def _wait(server: Server, task_id: str, states: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = server.get(f"/analyze_video/status?task_id={task_id}").json()
+        if status["status"] in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} not {states} in {timeout} s: {status}")
+
+
+def _looped(clip: Path, times: int, out: Path) -> Path:
+    import cv2
+
+    probe = cv2.VideoCapture(str(clip))
+    fps, size = probe.get(cv2.CAP_PROP_FPS), (int(probe.get(3)), int(probe.get(4)))
+    probe.release()
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for _ in range(times):
+        src = cv2.VideoCapture(str(clip))
+        while (frame := src.read()[1]) is not None:
+            writer.write(frame)
+        src.release()
+    writer.release()
+    return out
+
+
+def test_analyze_video_is_a_task_whose_rows_match_ferflow_analyze(server: Server, clips: Path) -> None:
+    import pandas as pd
+
+    from ferflow.footage import AnalyzeConfig, analyze
+
+    r = server.post("/analyze_video", **_video(clips / "single_face.mp4", fps="10", smooth="0.25"))
+    assert r.status_code == 202, r.text
+    task = r.json()
+    assert task["status"] == "pending" and task["video"]["width"] == 640 and task["frames_total"] == 72
+    status = _wait(server, task["task_id"], {"completed", "failed"})
+    assert status["status"] == "completed" and status["frames_done"] == 72, status
+    result = server.get(task["get_url"])
+    assert result.status_code == 200 and result.headers["content-type"] == "application/json"
+    body = result.json()
+    rows = pd.DataFrame(body["rows"], columns=body["columns"])
+    offline = analyze(clips / "single_face.mp4", config=AnalyzeConfig(fps=10, smooth_s=0.25, progress=False))
+    assert list(rows["frame"]) == list(offline["frame"]) and list(rows["label"]) == list(offline["label"])
+    assert list(rows["smooth_label"]) == list(offline["smooth_label"])  # one predict path
+    assert (rows["source"] == "single_face.mp4").all() and set(body["summary"]) == {"single_face.mp4#0"}
+    table = pd.read_csv(io.StringIO(server.get(task["get_url"] + "&format=csv").text))
+    assert list(table.columns) == body["columns"] and len(table) == len(rows)
+    assert not list((server.tasks / task["task_id"]).glob("upload*"))  # the video is not kept
+
+
+def test_a_long_video_task_leaves_photos_answering_and_can_be_cancelled(
+    server: Server, clips: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    long = _looped(clips / "WolfgangLanger_Pexels.mp4", 6, tmp_path / "long.mp4")  # 2,832 frames
+    task = server.post("/analyze_video", **_video(long)).json()
+    while _wait(server, task["task_id"], {"in_progress"})["frames_done"] == 0:
+        time.sleep(0.1)  # until the analysis is under way
+    jpeg = _square_photos(photos_dir, 1)[0].read_bytes()
+    started = time.perf_counter()
+    for _ in range(5):
+        assert server.post("/predict", **_files(jpeg)).status_code == 200
+    took = time.perf_counter() - started
+    status = server.get(task["status_url"]).json()
+    assert status["status"] == "in_progress" and 0 < status["frames_done"] < 2832, status
+    assert took < 5.0, f"5 photos took {took:.2f} s while a video was analysed"
+    _assert_error(server.get(task["get_url"]), {409}, "not completed")
+    assert server.put(task["cancel_url"]).status_code == 200
+    assert _wait(server, task["task_id"], {"canceled"}, timeout=10)["status"] == "canceled"
+    assert not list((server.tasks / task["task_id"]).glob("upload*"))
+    _assert_error(server.get(task["get_url"]), {409}, "canceled")
+
+
+def test_bad_videos_and_requests_get_a_4xx_naming_the_fault(
+    server: Server, auth_server: Server, clips: Path, tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    _assert_error(server.post("/analyze_video", **_video(text)), {415}, "video (notes.mp4): not a readable")
+    _assert_error(server.post("/analyze_video", **_files(b"x", field="image")), {400}, "field 'video'")
+    r = server.post("/analyze_video", **_video(clips / "single_face.mp4", fps="fast"))
+    _assert_error(r, {400}, "form field 'fps'")
+    _assert_error(server.get("/analyze_video/status?task_id=../../etc"), {404}, "not found")
+    _assert_error(server.get("/analyze_video/get"), {404}, "not found")
+    ok = {"Authorization": f"Bearer {API_KEY}"}
+    r = auth_server.post("/analyze_video", **_video(clips / "WolfgangLanger_Pexels.mp4"), headers=ok)
+    _assert_error(r, {413}, "exceeds the limit of")  # FERFLOW_MAX_VIDEO_BYTES, from Content-Length
+    r = auth_server.post("/analyze_video", **_video(clips / "single_face.mp4"), headers=ok)
+    _assert_error(r, {413}, "over the limit of 2 s")  # FERFLOW_MAX_VIDEO_SECONDS, from the container
+    _assert_error(auth_server.post("/analyze_video", **_video(clips / "no_face.mp4")), {401}, "API key")
+    assert server.get("/livez").status_code == 200 and auth_server.get("/livez").status_code == 200
