@@ -21,6 +21,7 @@ A photo or frame without a face still gets one row: ``face`` and ``track_id`` -1
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -110,10 +111,18 @@ def _known() -> str:
 
 
 def _recognizer(model: str | Path | None):
-    from ferflow.inference import EmotionRecognizer
+    """The recognizer of ``model`` (default: the reference model), loaded once per process and
+    model file: repeated ``ferflow.analyze`` calls do not reload it."""
     from ferflow.model_uri import resolve
 
-    return EmotionRecognizer.from_model(resolve(model).path)
+    return _load_recognizer(str(resolve(model).path))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_recognizer(path: str):
+    from ferflow.inference import EmotionRecognizer
+
+    return EmotionRecognizer.from_model(Path(path))
 
 
 # --- photos ----------------------------------------------------------------------------------
@@ -215,8 +224,8 @@ def _open_video(path: Path):
     return capture
 
 
-def _frames(path: Path, config: AnalyzeConfig) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, presentation time in s, BGR frame) of the frames to analyse, decoded one
+def _frames(path: Path, config: AnalyzeConfig) -> Iterator[tuple[int, float, np.ndarray, np.ndarray]]:
+    """(frame index, presentation time in s, BGR frame, its grayscale) of the frames to analyse, decoded one
     at a time: the video is never held in memory."""
     import cv2
 
@@ -238,7 +247,8 @@ def _frames(path: Path, config: AnalyzeConfig) -> Iterator[tuple[int, float, np.
             if time_s + 1e-6 < due:
                 continue
             due = time_s + step if step else time_s
-            yield index, time_s, frame
+            # grayscale here, on the decoding thread: the crops and the sharpness read it
+            yield index, time_s, frame, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     finally:
         capture.release()
     if decoded == 0:
@@ -316,6 +326,7 @@ class _Frame:
     index: int
     time_s: float
     bgr: np.ndarray
+    gray: np.ndarray
     faces: list = field(default_factory=list)  # ferflow.faces.Face, this frame's boxes
     detected: bool = False  # the boxes come from a detection on this very frame
     crops: np.ndarray | None = None  # (faces, 48, 48) until the chunk is classified
@@ -367,7 +378,7 @@ def _prefetch(frames: Iterator[Any], depth: int = 32) -> Iterator[Any]:
 
 
 def _analysed_chunks(
-    frames: Iterator[tuple[int, float, np.ndarray]], recognizer, config: AnalyzeConfig, batch: int
+    frames: Iterator[tuple[int, float, np.ndarray, np.ndarray]], recognizer, config: AnalyzeConfig, batch: int
 ) -> Iterator[list[_Frame]]:
     """Frames in chunks, each frame with its faces and probabilities. Faces are detected every
     ``detect_every`` frames (and on any frame after one without faces); in between, the last
@@ -377,14 +388,14 @@ def _analysed_chunks(
 
     last: list = []
     chunk: list[_Frame] = []
-    for n, (index, time_s, bgr) in enumerate(frames):
-        frame = _Frame(index, time_s, bgr)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    for n, (index, time_s, bgr, gray) in enumerate(frames):
+        frame = _Frame(index, time_s, bgr, gray)
         if n % config.detect_every == 0 or not last:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             last = [f for f in recognizer.detector.detect(rgb) if f.score >= config.min_score]
             frame.detected = True
         frame.faces = last
-        frame.crops = recognizer.crops(rgb, last) if last else None
+        frame.crops = recognizer.crops(gray, last) if last else None  # FER crops are gray
         chunk.append(frame)
         if len(chunk) == batch:
             yield _classify(chunk, recognizer)
@@ -408,7 +419,6 @@ def _classify(chunk: list[_Frame], recognizer) -> list[_Frame]:
 
 def _frame_rows(path: Path, frame: _Frame, tracker: Tracker, recognizer, config) -> Iterator[dict[str, Any]]:
     """The rows of one analysed frame: its faces tracked and smoothed, or one empty row."""
-    import cv2
 
     classes = recognizer.classes
     base = {"source": str(path), "frame": frame.index, "time_s": round(frame.time_s, 4)}
@@ -416,14 +426,13 @@ def _frame_rows(path: Path, frame: _Frame, tracker: Tracker, recognizer, config)
         empty = {"track_id": -1, "face": -1, "detected": frame.detected, "face_px": None, "sharpness": None}
         yield base | empty | _empty(classes) | {f"smooth_{c}": None for c in classes} | {"smooth_label": ""}
         return
-    gray = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2GRAY)
     ids = tracker.update([tuple(map(float, f.box)) for f in frame.faces], frame.time_s)
     for i, (face, track_id, probs) in enumerate(zip(frame.faces, ids, frame.probs, strict=True)):
         smooth = tracker.smooth(track_id, probs, frame.time_s, config.smooth_s)
         quality = {
             "detected": frame.detected,
             "face_px": int(min(face.box[2:])),
-            "sharpness": round(_sharpness(gray, face.box), 1),
+            "sharpness": round(_sharpness(frame.gray, face.box), 1),
         }
         scores = {"box": face.box, "detection_score": round(face.score, 4)} | recognizer.result(probs)
         yield (
@@ -455,11 +464,13 @@ def video_rows(path: Path, recognizer, config: AnalyzeConfig) -> Iterator[dict[s
     bar.close()
 
 
-def live_frames(source, limit_s: float = 0.0) -> Iterator[tuple[int, float, np.ndarray]]:
+def live_frames(source, limit_s: float = 0.0) -> Iterator[tuple[int, float, np.ndarray, np.ndarray]]:
     """Frames of a live source (anything with OpenCV's ``read()``: a camera, or a synthetic
     source in tests and benchmarks), timed by the wall clock from the first frame, until the
     source ends, ``limit_s`` passes, or Ctrl-C."""
     import time
+
+    import cv2
 
     started, index = time.perf_counter(), 0
     try:
@@ -468,7 +479,7 @@ def live_frames(source, limit_s: float = 0.0) -> Iterator[tuple[int, float, np.n
             now = time.perf_counter() - started
             if not ok or (limit_s and now > limit_s):
                 return
-            yield index, now, frame
+            yield index, now, frame, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
             index += 1
     except KeyboardInterrupt:  # the normal end of a live session: the rows so far are kept
         return
