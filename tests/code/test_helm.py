@@ -403,6 +403,13 @@ def test_default_serves_the_reference_model(rendered: dict[str, Any]) -> None:
     assert env["HOME"]["value"] == "/tmp"
     assert "reference model" in rendered["default"]["notes"]
 
+    volumes = {
+        v["name"]: v
+        for v in only(rendered["default"]["objects"], "Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["FERFLOW_TASK_DIR"]["value"] == mounts["tasks"] and "emptyDir" in volumes["tasks"]
+
 
 def test_production_reads_secrets_and_serves_the_champion(rendered: dict[str, Any]) -> None:
     container = server_container(rendered["production"]["objects"])
@@ -417,6 +424,10 @@ def test_production_reads_secrets_and_serves_the_champion(rendered: dict[str, An
     assert env["FERFLOW_MAX_UPLOAD_BYTES"]["value"] == "10485760"
     assert env["FERFLOW_MAX_PIXELS"]["value"] == "40000000"
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "https://s3.example.com"
+    assert env["FERFLOW_MAX_VIDEO_SECONDS"]["value"] == "1800" and "FERFLOW_MAX_VIDEO_BYTES" not in env
+    spec = only(rendered["production"]["objects"], "Deployment")["spec"]["template"]["spec"]
+    (tasks,) = [v for v in spec["volumes"] if v["name"] == "tasks"]
+    assert tasks == {"name": "tasks", "persistentVolumeClaim": {"claimName": "ferflow-video-tasks"}}
     assert container["envFrom"] == [{"secretRef": {"name": "ferflow-object-storage"}}]
 
 
