@@ -51,8 +51,13 @@ class VideoTooLarge(FootageError):
 
 
 class SkippedInput(UserWarning):
-    """A file left out of a run over several inputs (junk in a folder, or a file that failed);
-    the message names it. The other files are analysed."""
+    """A file of a folder left out because it is not a photo or video (notes, sidecar files);
+    the message names it."""
+
+
+class FailedInput(SkippedInput):
+    """A photo or video that could not be analysed, left out of a run over several inputs; the
+    message names it and says why. The other files are analysed."""
 
 
 @dataclass(frozen=True)
@@ -584,7 +589,7 @@ def iter_rows(
             if len(paths) == 1:
                 raise
             failed += 1
-            warnings.warn(f"{exc} (skipped)", SkippedInput, 2)
+            warnings.warn(f"{exc} (skipped)", FailedInput, 2)
     if failed == len(paths):
         raise FootageError(f"none of the {failed} photos and videos could be analysed (see the warnings)")
 

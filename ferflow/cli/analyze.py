@@ -78,7 +78,7 @@ def analyze_cmd(
     )
     if (webcam is None) == (not inputs):
         raise fail("error: give INPUTS (photos, folders, videos) or --webcam N, not both or neither", 2)
-    with _warnings_per_file() as skipped:
+    with _warnings_per_file() as failed:
         try:
             if webcam is not None:
                 rows = webcam_rows(webcam, model, config)
@@ -92,33 +92,36 @@ def analyze_cmd(
     typer.secho(f"wrote {path}", fg=typer.colors.GREEN)
     if summary is not None or plot is not None:
         _timelines(rows, summary, window, plot)
-    if skipped:  # the table holds the rest; the exit code says something was left out
-        raise fail(f"warning: {len(skipped)} file(s) skipped, listed above; the table holds the others", 1)
+    if failed:  # the table holds the rest; the exit code says something failed
+        raise fail(
+            f"warning: {len(failed)} photo(s) or video(s) failed, listed above; the table holds the rest", 1
+        )
 
 
 @contextmanager
 def _warnings_per_file() -> Iterator[list[str]]:
     """Each skipped file as one ``warning:`` line on stderr when it happens (above the
-    progress bars); yields the list of them."""
+    progress bars); yields the list of the photos and videos that failed."""
     from tqdm import tqdm
 
-    from ferflow.footage import SkippedInput
+    from ferflow.footage import FailedInput, SkippedInput
 
-    skipped: list[str] = []
+    failed: list[str] = []
     shown = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
         if not issubclass(category, SkippedInput):
             shown(message, category, *args, **kwargs)
             return
-        skipped.append(str(message))
+        if issubclass(category, FailedInput):
+            failed.append(str(message))
         with tqdm.external_write_mode(file=sys.stderr):  # above the progress bar, not through it
             typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", SkippedInput)
         warnings.showwarning = show
-        yield skipped
+        yield failed
 
 
 def _timelines(rows: list[dict], summary: Path | None, window: float, plot: Path | None) -> None:

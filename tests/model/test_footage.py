@@ -285,7 +285,7 @@ def test_each_bad_video_is_a_one_line_error_naming_it_and_nothing_is_written(
     assert not out.exists() and not list(tmp_path.glob(".rows.csv.*"))
 
 
-def test_a_folder_of_mixed_files_skips_junk_with_a_warning_each_and_exit_1(
+def test_a_folder_of_mixed_files_warns_per_skipped_file_and_exits_1_on_failures(
     clips: Path, tmp_path: Path
 ) -> None:
     from typer.testing import CliRunner
@@ -304,11 +304,17 @@ def test_a_folder_of_mixed_files_skips_junk_with_a_warning_each_and_exit_1(
     assert res.exit_code == 1, res.output
     warned = [ln for ln in res.output.splitlines() if ln.startswith(f"warning: {folder}")]
     assert len(warned) == 3 and all(any(str(j) in w for w in warned) for j in junk), res.output
-    assert "3 file(s) skipped" in res.output
+    assert "2 photo(s) or video(s) failed" in res.output  # notes.txt is skipped, not failed
+    for path in junk[1:]:
+        path.unlink()
+    res = CliRunner().invoke(app, ["analyze", str(folder), "--out", str(out)])
+    assert res.exit_code == 0 and "notes.txt: skipped" in res.output, res.output
     rows = pd.read_csv(out)
     assert set(rows["source"]) == {str(folder / "group.jpg"), str(folder / "session" / "clip.mp4")}
     for path in (folder / "group.jpg", folder / "session" / "clip.mp4"):
         path.unlink()
+    for path in junk[1:]:
+        path.write_text("junk")
     res = CliRunner().invoke(app, ["analyze", str(folder), "--out", str(tmp_path / "none.csv")])
     assert res.exit_code == 2 and "none of the 2 photos and videos" in res.output
     assert not (tmp_path / "none.csv").exists()
