@@ -11,7 +11,17 @@ there, so it is checked against the fields of the Prometheus Operator CRD it use
 from __future__ import annotations
 
 import copy
+import email.parser
+import email.policy
+import http.server
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +87,7 @@ SCENARIOS: dict[str, dict[str, Any] | None] = {
         ".nodeSelectorTerms[0].matchExpressions[0].operator=In",
         "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
         ".nodeSelectorTerms[0].matchExpressions[0].values[0]=inference",
+        "tests.enabled=false",
     ),
     # Ingress without TLS, smoke retraining without the KFP token, explicit model URI.
     "ingress-cron": set_values(
@@ -91,21 +102,51 @@ SCENARIOS: dict[str, dict[str, Any] | None] = {
         "preStopSleepSeconds=0",
         "serviceMonitor.enabled=true,serviceMonitor.interval=1m",
     ),
+    # NetworkPolicy without same-namespace access, explicit peers and restricted egress; the
+    # HPA on CPU and in-flight requests; the helm test pod with an API key and no /predict.
+    "netpol-custom-metric": helm.values_from_yaml(
+        """
+auth: {existingSecret: ferflow-api-key}
+autoscaling:
+  customMetric: {enabled: true, name: bentoml_service_request_in_progress, targetAverageValue: 2500m}
+networkPolicy:
+  enabled: true
+  ingress:
+    sameNamespace: false
+    ingressController:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: traefik}}
+    prometheus:
+      - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: observability}}
+        podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}
+    from:
+      - ipBlock: {cidr: 10.0.0.0/8, except: [10.96.0.0/12]}
+  egress:
+    restrict: true
+    rules:
+      - to: [{ipBlock: {cidr: 203.0.113.10/32}}]
+        ports: [{port: 443, protocol: TCP}]
+tests: {predict: false, timeoutSeconds: 90}
+"""
+    ),
 }
 
 EXPECTED_KINDS = {
     "default": {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "ServiceAccount",
+        "ServiceAccount", "Pod",
     },
     "production": {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "ServiceAccount", "Ingress", "ServiceMonitor", "CronJob",
+        "ServiceAccount", "Ingress", "ServiceMonitor", "CronJob", "NetworkPolicy", "Pod",
     },
     "configmap-pinned": {"Deployment", "Service"},
     "ingress-cron": {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "ServiceAccount", "Ingress", "ServiceMonitor", "CronJob",
+        "ServiceAccount", "Ingress", "ServiceMonitor", "CronJob", "Pod",
+    },
+    "netpol-custom-metric": {
+        "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+        "ServiceAccount", "NetworkPolicy", "Pod",
     },
 }  # fmt: skip
 
@@ -350,7 +391,7 @@ def test_objects_point_at_each_other(rendered: dict[str, Any], scenario: str) ->
             ref = obj["spec"]["scaleTargetRef"]
             assert (ref["kind"], ref["name"]) == ("Deployment", deployment["metadata"]["name"])
             assert "replicas" not in deployment["spec"], "HPA and Deployment would fight"
-            (metric,) = obj["spec"]["metrics"]
+            metric = obj["spec"]["metrics"][0]
             assert metric["resource"]["name"] == "cpu"
         if obj["kind"] == "Ingress":
             for rule in obj["spec"]["rules"]:
@@ -483,7 +524,366 @@ def test_retrain_cronjob_submits_the_pipeline(
 
 def test_optional_objects_are_off_by_default(rendered: dict[str, Any]) -> None:
     kinds = {o["kind"] for o in rendered["default"]["objects"]}
-    assert not kinds & {"Ingress", "ServiceMonitor", "CronJob"}
+    assert not kinds & {"Ingress", "ServiceMonitor", "CronJob", "NetworkPolicy"}
+    (cpu,) = only(rendered["default"]["objects"], "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert cpu["type"] == "Resource"
+
+
+# --- NetworkPolicy -----------------------------------------------------------------------
+
+
+def _pod_labels(objects: list[dict[str, Any]], kind: str) -> dict[str, str]:
+    obj = only(objects, kind)
+    if kind == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    if kind == "Pod":
+        return obj["metadata"]["labels"]
+    return obj["spec"]["template"]["metadata"]["labels"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are expected here"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+@pytest.mark.parametrize("scenario", ["production", "netpol-custom-metric"])
+def test_network_policy_guards_the_inference_pods_only(rendered: dict[str, Any], scenario: str) -> None:
+    objects = rendered[scenario]["objects"]
+    spec = only(objects, "NetworkPolicy")["spec"]
+    assert _selects(spec["podSelector"], _pod_labels(objects, "Deployment"))
+    assert not _selects(spec["podSelector"], _pod_labels(objects, "Pod")), "selects the test pod"
+    if "CronJob" in EXPECTED_KINDS[scenario]:
+        assert not _selects(spec["podSelector"], _pod_labels(objects, "CronJob"))
+    (rule,) = spec["ingress"]
+    # The named port is the server's container port, whatever containerPort says.
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "http" in {p["name"] for p in server_container(objects)["ports"]}
+    assert rule["from"], "an empty `from` would admit every source"
+    for peer in rule["from"]:
+        kubernetes_validate.validate(
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "peer"}, "spec": {"podSelector": {}, "ingress": [{"from": [peer]}]}},
+            KUBE_VERSIONS[0], strict=True,
+        )  # fmt: skip
+
+
+def test_production_network_policy_peers_and_open_egress(rendered: dict[str, Any]) -> None:
+    spec = only(rendered["production"]["objects"], "NetworkPolicy")["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec  # MLflow, S3: open
+    (rule,) = spec["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+        },
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        },
+    ]
+    # Prometheus' namespace is the one the ServiceMonitor's release label belongs to.
+    assert only(rendered["production"]["objects"], "ServiceMonitor")["metadata"]["labels"]["release"]
+
+
+def test_network_policy_explicit_peers_and_restricted_egress(rendered: dict[str, Any]) -> None:
+    objects = rendered["netpol-custom-metric"]["objects"]
+    spec = only(objects, "NetworkPolicy")["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = spec["ingress"]
+    test_pod_peer, *peers = rule["from"]
+    # Without same-namespace access the helm test pod is admitted by its own labels.
+    assert "namespaceSelector" not in test_pod_peer
+    assert _selects(test_pod_peer["podSelector"], _pod_labels(objects, "Pod"))
+    assert not _selects(test_pod_peer["podSelector"], _pod_labels(objects, "Deployment"))
+    assert peers == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "traefik"}}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        },
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}},
+    ]
+    dns, storage = spec["egress"]
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert sorted(p["protocol"] for p in dns["ports"]) == ["TCP", "UDP"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert storage == {
+        "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+        "ports": [{"port": 443, "protocol": "TCP"}],
+    }
+
+
+def test_network_policy_egress_can_be_closed_entirely() -> None:
+    values = set_values(
+        "networkPolicy.enabled=true",
+        "networkPolicy.egress.restrict=true",
+        "networkPolicy.egress.allowDNS=false",
+    )
+    objects = render(values)["objects"]
+    policy = only(objects, "NetworkPolicy")
+    assert policy["spec"]["egress"] == [] and "Egress" in policy["spec"]["policyTypes"]
+    kubernetes_validate.validate(policy, KUBE_VERSIONS[0], strict=True)
+
+
+# --- HPA on CPU and a custom metric -------------------------------------------------------
+
+
+def test_hpa_scales_on_cpu_and_in_flight_requests(rendered: dict[str, Any]) -> None:
+    hpa = only(rendered["netpol-custom-metric"]["objects"], "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    cpu, custom = hpa["spec"]["metrics"]
+    assert cpu == {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+    }
+    assert custom == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "bentoml_service_request_in_progress"},
+            "target": {"type": "AverageValue", "averageValue": "2500m"},
+        },
+    }
+
+
+def test_custom_metric_target_may_be_a_number() -> None:
+    values = set_values(
+        "autoscaling.customMetric.enabled=true",
+        "autoscaling.customMetric.name=bentoml_service_requests_per_second",
+        "autoscaling.customMetric.targetAverageValue=20",
+    )
+    hpa = only(render(values)["objects"], "HorizontalPodAutoscaler")
+    (custom,) = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert custom["pods"]["target"]["averageValue"] == "20"
+    assert custom["pods"]["metric"]["name"] == "bentoml_service_requests_per_second"
+    kubernetes_validate.validate(hpa, KUBE_VERSIONS[0], strict=True)
+
+
+def test_the_default_custom_metric_is_one_the_server_exports() -> None:
+    """BentoML names its HTTP metrics <namespace>_request_*; the service's namespace is
+    bentoml_service (what /metrics shows), so the default metric exists on every pod."""
+    import _bentoml_impl.server.app as bentoml_app
+    import bentoml._internal.server.http.instruments as instruments
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    name = values["autoscaling"]["customMetric"]["name"]
+    namespace, _, metric = name.partition("_request_")
+    assert f'namespace="{namespace}"' in Path(bentoml_app.__file__).read_text()
+    assert f'name="request_{metric}"' in Path(instruments.__file__).read_text()
+
+
+# --- helm test ---------------------------------------------------------------------------
+
+
+def helm_test_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return only(objects, "Pod")
+
+
+@pytest.mark.parametrize("scenario", ["default", "production", "ingress-cron", "netpol-custom-metric"])
+def test_helm_test_pod_is_a_hardened_hook(rendered: dict[str, Any], scenario: str) -> None:
+    objects = rendered[scenario]["objects"]
+    pod = helm_test_pod(objects)
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "test"
+    policy = set(annotations["helm.sh/hook-delete-policy"].split(","))
+    assert policy == {"before-hook-creation", "hook-succeeded"}
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["activeDeadlineSeconds"] >= 60
+    server_pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    assert spec["securityContext"] == server_pod["securityContext"]
+    (container,) = spec["containers"]
+    server = server_container(objects)
+    # The chart's own image: no other registry is needed.
+    assert (container["image"], container["imagePullPolicy"]) == (server["image"], server["imagePullPolicy"])
+    assert container["securityContext"] == server["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["command"] == ["python", "-c"]
+    (script,) = container["args"]
+    compile(script, "helm-test", "exec")
+    for path in ('"/readyz"', '"/model"', '"/predict"'):
+        assert path in script
+    assert "memory" in container["resources"]["limits"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    service = only(objects, "Service")
+    env = env_of(container)
+    host, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    assert env["FERFLOW_URL"]["value"] == f"http://{host}:{port}"
+    assert int(env["FERFLOW_READY_TIMEOUT"]["value"]) == spec["activeDeadlineSeconds"] - 30
+    # The same API key as the server, from the same Secret, when auth is on.
+    assert env.get("FERFLOW_API_KEY") == env_of(server).get("FERFLOW_API_KEY")
+    assert env["FERFLOW_TEST_PREDICT"]["value"] == ("false" if scenario == "netpol-custom-metric" else "true")
+    assert len(pod["metadata"]["name"]) <= 63
+    # Not one of the server's pods: no selector (Deployment and so HPA, PDB, Service) takes it.
+    labels = pod["metadata"]["labels"]
+    assert not _selects(only(objects, "Deployment")["spec"]["selector"], labels)
+    assert not only(objects, "Service")["spec"]["selector"].items() <= labels.items()
+    for obj in objects:
+        if obj["kind"] == "PodDisruptionBudget":
+            assert not _selects(obj["spec"]["selector"], labels)
+
+
+class _StubServer(http.server.ThreadingHTTPServer):
+    """Answers like `ferflow serve`: /readyz is 503 once, then 200; records the requests."""
+
+    def __init__(self, api_key: str, predict_answer: dict[str, Any]) -> None:
+        self.api_key = api_key
+        self.predict_answer = predict_answer
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.readyz_calls = 0
+        super().__init__(("127.0.0.1", 0), _StubHandler)
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    server: _StubServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        self.server.requests.append((method, self.path, dict(self.headers), body))
+        if self.path == "/readyz":
+            self.server.readyz_calls += 1
+            self._answer(503 if self.server.readyz_calls == 1 else 200, {})
+            return
+        if self.server.api_key and self.headers.get("Authorization") != f"Bearer {self.server.api_key}":
+            self._answer(401, {"error": "missing or wrong API key"})
+        elif (method, self.path) == ("GET", "/model"):
+            self._answer(200, {"name": "ferflow", "version": "1", "classes": ["happy", "sad"]})
+        elif (method, self.path) == ("POST", "/predict"):
+            self._answer(200, self.server.predict_answer)
+        else:
+            self._answer(404, {"error": "not found"})
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+
+def _run_helm_test(
+    pod: dict[str, Any], api_key: str = "", predict_answer: dict[str, Any] | None = None
+) -> tuple[subprocess.CompletedProcess[str], _StubServer]:
+    """Runs the test pod's script with its own environment, the Service URL pointing at a stub."""
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    no_faces = {"faces": [], "model": {"name": "ferflow", "version": "1"}}
+    server = _StubServer(api_key, predict_answer or no_faces)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env["FERFLOW_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+        env["HOME"] = os.environ.get("HOME", "/tmp")
+        if api_key:
+            env["FERFLOW_API_KEY"] = api_key
+        result = subprocess.run(
+            [sys.executable, *container["command"][1:], *container["args"]],
+            env={**env, "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    return result, server
+
+
+def test_helm_test_script_calls_readyz_model_and_predict(rendered: dict[str, Any]) -> None:
+    from ferflow.inference import decode_image
+
+    pod = helm_test_pod(rendered["production"]["objects"])
+    result, server = _run_helm_test(pod, api_key="s3cret")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().endswith("PASS")
+    calls = [(method, path) for method, path, _, _ in server.requests]
+    assert calls == [("GET", "/readyz"), ("GET", "/readyz"), ("GET", "/model"), ("POST", "/predict")]
+    _, _, headers, body = server.requests[-1]
+    assert headers["Authorization"] == "Bearer s3cret"
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+        f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode() + body
+    )
+    (part,) = message.iter_parts()
+    assert part.get_param("name", header="content-disposition") == "image"
+    assert part.get_content_type() == "image/png"
+    # The server's own decoder accepts the generated image.
+    rgb, _ = decode_image(part.get_payload(decode=True), name="image")
+    assert rgb.shape == (64, 64, 3)
+
+
+def test_helm_test_script_fails_on_a_bad_answer(rendered: dict[str, Any]) -> None:
+    pod = helm_test_pod(rendered["default"]["objects"])
+    result, _ = _run_helm_test(pod, predict_answer={"error": "boom"})
+    assert result.returncode != 0 and "PASS" not in result.stdout
+    # Without `predict` it stops after /model; no API key header is sent without auth.
+    pod = helm_test_pod(rendered["netpol-custom-metric"]["objects"])
+    result, server = _run_helm_test(pod)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [path for _, path, _, _ in server.requests][-1] == "/model"
+    assert all("Authorization" not in headers for _, _, headers, _ in server.requests)
+
+
+# --- chart metadata and packaging ------------------------------------------------------
+
+
+def test_chart_metadata_names_the_project() -> None:
+    with helm.Chart.load(CHART) as chart:
+        meta = chart.metadata
+    repo = meta["home"]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo)
+    assert meta["sources"][0] == repo
+    assert all(source.startswith(repo) for source in meta["sources"])
+    owner_repo = repo.removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{owner_repo}/main/"
+    assert meta["icon"].startswith(prefix)
+    icon = ROOT / meta["icon"].removeprefix(prefix)
+    assert icon.is_file() and icon.read_text().lstrip().startswith("<svg")
+
+
+@pytest.fixture()
+def packaged_with_scratch(tmp_path: Path) -> tuple[set[str], set[str]]:
+    """`helm package` of a copy of the chart with scratch files dropped into it: the archive's
+    file names (relative to the chart folder) and the scratch files."""
+    copy_dir = tmp_path / "ferflow-inference"
+    shutil.copytree(CHART, copy_dir)
+    scratch = [
+        "scratch/render.yaml", "rendered/all.yaml", "old-0.0.1.tgz", "values-local.yaml",
+        "values.yaml.bak", "templates/deployment.yaml.orig", "templates/.hpa.yaml.swp",
+        ".DS_Store", ".vscode/settings.json", "notes.txt~",
+    ]  # fmt: skip
+    for name in scratch:
+        (copy_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy_dir / name).write_text("scratch\n")
+    archive = helm.package(copy_dir, destination=tmp_path / "dist")
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    return names, set(scratch)
+
+
+def test_helmignore_keeps_scratch_out_of_the_package(
+    packaged_with_scratch: tuple[set[str], set[str]],
+) -> None:
+    names, scratch = packaged_with_scratch
+    assert (CHART / ".helmignore").is_file()
+    assert not names & scratch, names & scratch
+    assert "icon.svg" not in names  # referenced by URL
+    tracked = {
+        "Chart.yaml", "values.yaml", "values.schema.json", "values-production.yaml", "README.md",
+        "templates/tests/test-service.yaml", "templates/networkpolicy.yaml", "templates/_helpers.tpl",
+    }  # fmt: skip
+    assert tracked <= names
+    # Everything else in the chart folder is shipped.
+    in_folder = {p.relative_to(CHART).as_posix() for p in CHART.rglob("*") if p.is_file()}
+    assert names - {".helmignore"} == in_folder - {"icon.svg", ".helmignore"}
 
 
 # --- bad values are refused, naming the field -------------------------------------------
@@ -507,6 +907,14 @@ BAD_SCHEMA_VALUES = [
     ("resources.requests.cpu=lots", "/resources/requests/cpu"),
     ("env.BAD NAME=x", "'BAD NAME'"),
     ("podLabels.app\\.kubernetes\\.io/name=other", "'app.kubernetes.io/name'"),
+    ("networkPolicy.enabled=yes", "/networkPolicy/enabled"),
+    ("networkPolicy.ingress.from[0].ipBlock.cidr=10.0.0.0", "/networkPolicy/ingress/from/0"),
+    ("networkPolicy.ingress.from[0].podSelectors.matchLabels.a=b", "/networkPolicy/ingress/from/0"),
+    ("networkPolicy.egress.rules[0].ports[0].protocol=ICMP", "/networkPolicy/egress/rules/0"),
+    ("networkPolicy.egress.restricted=true", "'restricted'"),
+    ("autoscaling.customMetric.targetAverageValue=lots", "/autoscaling/customMetric/targetAverageValue"),
+    ("autoscaling.customMetric.name=requests in flight", "/autoscaling/customMetric/name"),
+    ("tests.timeoutSeconds=10", "/tests/timeoutSeconds"),
 ]
 
 
@@ -539,6 +947,17 @@ def test_inconsistent_values_fail_rendering(expression: str, message: str) -> No
     assert message in str(error.value)
 
 
+def test_network_policy_without_any_source_fails_rendering() -> None:
+    """An ingress rule with no `from` would admit every source; the chart refuses instead."""
+    values = helm.values_from_yaml(
+        "networkPolicy: {enabled: true,"
+        " ingress: {sameNamespace: false, ingressController: [], prometheus: []}}"
+    )
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmRenderError) as error:
+        chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    assert "leaves the service unreachable" in str(error.value)
+
+
 def test_values_and_schema_agree() -> None:
     """values.yaml passes its own schema and the schema allows no key values.yaml lacks."""
     with helm.Chart.load(CHART) as chart:
@@ -549,10 +968,30 @@ def test_values_and_schema_agree() -> None:
         assert schema["additionalProperties"] is False
 
 
+# Free-form maps (Kubernetes objects, label maps) whose keys are not the chart's own settings.
+_FREE_FORM = {"resources", "podSecurityContext", "securityContext"}
+# Settings nested one level deeper than `section.key`, documented as `section.key.sub` / `.sub`.
+_NESTED = ("networkPolicy.ingress", "networkPolicy.egress", "autoscaling.customMetric")
+
+
 def test_readme_documents_every_value() -> None:
     readme = (CHART / "README.md").read_text()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [key for key in values if f"`{key}" not in readme]
+    assert missing == []
+    # Every setting inside a section is named (`section.key` or `/ .key` in the table).
+    missing = [
+        f"{key}.{sub}"
+        for key, section in values.items()
+        if isinstance(section, dict) and key not in _FREE_FORM
+        for sub in section
+        if f"`{key}.{sub}" not in readme and f"`.{sub}`" not in readme
+    ]
+    for dotted in _NESTED:
+        first, second = dotted.split(".")
+        for sub in values[first][second]:
+            if f"`{dotted}.{sub}" not in readme and f"`.{sub}`" not in readme:
+                missing.append(f"{dotted}.{sub}")
     assert missing == []
 
 

@@ -88,3 +88,21 @@ name at the pinned version or else at the alias.
 - name: MPLCONFIGDIR
   value: /tmp/matplotlib
 {{- end }}
+
+{{/*
+Labels of the `helm test` pod. Its app.kubernetes.io/name differs from the server's, so the
+Deployment's selector (also the HPA's and PDB's) and the Service's never match it.
+*/}}
+{{- define "ferflow-inference.testPodSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ferflow-inference.name" . | trunc 58 | trimSuffix "-" }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
+{{- end }}
+
+{{- define "ferflow-inference.testPodLabels" -}}
+helm.sh/chart: {{ include "ferflow-inference.chart" . }}
+{{ include "ferflow-inference.testPodSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ferflow
+{{- end }}
