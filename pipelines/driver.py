@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -77,6 +78,7 @@ class StepRecord:
     seconds: float = 0.0
     cached: bool = False
     _started: float = 0.0
+    _reported: float = 0.0  # elapsed seconds last printed by the progress ticker
 
 
 @dataclass
@@ -100,10 +102,12 @@ class LocalRun:
 
     def render(self) -> str:
         lines = [f"pipeline {'SUCCEEDED' if self.succeeded else 'FAILED'} in {self.seconds:.1f} s"]
-        lines.append(f"  {'step':<18}{'status':<10}{'seconds':>9}")
+        # as wide as the longest step name and a gap: names are the pipeline's, not fixed here
+        width = max([len("step"), *(len(s.name) for s in self.steps.values())]) + 2
+        lines.append(f"  {'step':<{width}}{'status':<10}{'seconds':>9}")
         for s in self.steps.values():
             status = "cached" if s.cached else s.status.lower()
-            lines.append(f"  {s.name:<18}{status:<10}{s.seconds:>9.1f}")
+            lines.append(f"  {s.name:<{width}}{status:<10}{s.seconds:>9.1f}")
         if self.summary:
             sm = self.summary
             d, m, e = sm["data"], sm["model"], sm["evaluation"]
@@ -139,12 +143,34 @@ class LocalRun:
         return "\n".join(lines)
 
 
-class _Progress(io.TextIOBase):
-    """Tee for kfp.local's output: everything to the log file, step lines to ``echo``."""
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
-    def __init__(self, log, echo, verbose: bool, steps: dict[str, StepRecord]):
+
+class _Progress(io.TextIOBase):
+    """Tee for kfp.local's output: everything to the log file, step lines to ``echo``.
+
+    Without ``verbose`` the user sees one line per step start and end, and, from :meth:`tick`,
+    the running step's elapsed time: on a terminal one line updated in place, elsewhere (CI
+    logs) a line every ``report_every`` seconds, so a long training step is never silent.
+    """
+
+    def __init__(
+        self,
+        log,
+        echo,
+        verbose: bool,
+        steps: dict[str, StepRecord],
+        interactive: bool | None = None,
+        report_every: float = 60.0,
+    ):
         self.log, self.echo, self.verbose, self.steps = log, echo, verbose, steps
         self._buf = ""
+        self.interactive = _isatty(echo) if interactive is None else interactive
+        self.report_every = report_every
+        self._lock = threading.Lock()  # the ticker thread and kfp.local's output share ``echo``
+        self._status_shown = False
 
     def writable(self) -> bool:
         return True
@@ -179,8 +205,65 @@ class _Progress(io.TextIOBase):
 
     def _say(self, text: str) -> None:
         if not self.verbose:
-            self.echo.write(text + "\n")
+            with self._lock:
+                self._clear_status()
+                self.echo.write(text + "\n")
+                self.echo.flush()
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.echo.write("\r\x1b[K")
+            self._status_shown = False
+
+    def tick(self, now: float | None = None) -> None:
+        """Show the running step's elapsed time (called every second by :func:`_ticking`)."""
+        # list(): one C-level copy under the GIL, safe while kfp.local's thread adds steps
+        running = [s for s in list(self.steps.values()) if s.status == "running" and not s.cached]
+        if self.verbose or not running:
+            return
+        step = running[-1]
+        elapsed = (time.perf_counter() if now is None else now) - step._started
+        with self._lock:
+            if self.interactive:
+                self.echo.write(f"\r\x1b[K  {step.name}: running {_clock(elapsed)}")
+                self._status_shown = True
+            elif elapsed - step._reported >= self.report_every:
+                step._reported = elapsed
+                self.echo.write(f"  {step.name}: running {_clock(elapsed)}\n")
+            else:
+                return
             self.echo.flush()
+
+    def close_status(self) -> None:
+        with self._lock:
+            self._clear_status()
+            self.echo.flush()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or file-less stream
+        return False
+
+
+@contextlib.contextmanager
+def _ticking(progress: _Progress, period: float = 1.0) -> Iterator[None]:
+    """A daemon thread calling ``progress.tick()`` every ``period`` seconds while the body runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period):
+            progress.tick()
+
+    thread = threading.Thread(target=loop, name="ferflow-pipeline-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        progress.close_status()
 
 
 class _LogHandler(logging.Handler):
@@ -247,7 +330,7 @@ def run_local(
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="kfp.local")
         warnings.filterwarnings("ignore", category=UserWarning, module="kfp.local")
         progress = _Progress(log, echo, verbose, steps)
-        with _capture(progress):
+        with _capture(progress), _ticking(progress):
             try:
                 pipeline(**arguments)
             except RuntimeError as exc:
