@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import fail
+from ferflow.cli.common import USAGE, fail, require_model_ref
 from ferflow.footage import AnalyzeConfig
 
 app = typer.Typer()
@@ -24,9 +24,9 @@ def _smooth_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise fail(f"error: --smooth {text!r}: give seconds (e.g. 0.5) or 'none'", 2) from None
+        raise fail(f"error: --smooth {text!r}: give seconds (e.g. 0.5) or 'none'", USAGE) from None
     if value < 0:
-        raise fail(f"error: --smooth {text!r}: seconds must be >= 0", 2)
+        raise fail(f"error: --smooth {text!r}: seconds must be >= 0", USAGE)
     return value
 
 
@@ -42,7 +42,11 @@ def analyze_cmd(
         int | None, typer.Option(help="camera index: analyse it live until Ctrl-C (instead of INPUTS).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="ONNX file/folder or MLflow URI; default: the reference model.")
+        str | None,
+        typer.Option(
+            help="an ONNX file or a folder holding one, or an MLflow URI (runs:/RUN_ID/onnx, "
+            "models:/NAME@ALIAS, models:/NAME/VERSION); default: the reference model."
+        ),
     ] = None,
     fps: Annotated[
         float, typer.Option(help="video frames analysed per second; 0: every frame.")
@@ -66,18 +70,19 @@ def analyze_cmd(
 ) -> None:
     """One row per face (per analysed frame for video), with its box, label and class
     probabilities; videos add time, track id, quality flags and smoothed probabilities."""
+    require_model_ref(model)  # before OpenCV/ONNX Runtime/MLflow imports
     from ferflow.footage import FootageError, iter_rows, webcam_rows, write_rows
     from ferflow.model_uri import ModelNotFound
 
     if fps < 0 or start < 0 or end < 0 or (end and end <= start):
-        raise fail("error: --fps, --start and --end must be >= 0, and --end after --start", 2)
+        raise fail("error: --fps, --start and --end must be >= 0, and --end after --start", USAGE)
     if window <= 0:
-        raise fail("error: --window must be > 0 seconds", 2)
+        raise fail("error: --window must be > 0 seconds", USAGE)
     config = AnalyzeConfig(
         fps=fps, start_s=start, end_s=end, smooth_s=_smooth_seconds(smooth), annotate=str(annotate or "")
     )
     if (webcam is None) == (not inputs):
-        raise fail("error: give INPUTS (photos, folders, videos) or --webcam N, not both or neither", 2)
+        raise fail("error: give INPUTS (photos, folders, videos) or --webcam N, not both or neither", USAGE)
     with _warnings_per_file() as failed:
         try:
             if webcam is not None:
@@ -88,7 +93,7 @@ def analyze_cmd(
                 rows = list(rows)  # the timelines need every row
             path = write_rows(rows, out)
         except (FootageError, ModelNotFound) as exc:
-            raise fail(f"error: {exc}", 2) from exc
+            raise fail(f"error: {exc}", USAGE) from exc
     typer.secho(f"wrote {path}", fg=typer.colors.GREEN)
     if summary is not None or plot is not None:
         _timelines(rows, summary, window, plot)

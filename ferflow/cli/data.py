@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import PATHS, fail
+from ferflow.cli.common import (
+    PATHS,
+    USAGE,
+    ClassSetName,
+    fail,
+    gate_failed,
+    require_dataset,
+    require_path,
+    require_source,
+)
 from ferflow.config import (
     DEFAULT_SOURCES,
     PHOTO_GATE,
@@ -28,7 +37,7 @@ SrcArg = Annotated[
     typer.Argument(help="Dataset in the given layout (for ferplus: a folder holding FER2013*/)."),
 ]
 SchemeOpt = Annotated[LabelScheme, typer.Option("--scheme", help="FERPlus label scheme.")]
-ClassSetOpt = Annotated[str, typer.Option("--class-set", help="ferplus8, fer2013, clinical4, valence3.")]
+ClassSetOpt = Annotated[ClassSetName, typer.Option("--class-set", help="classes the labels are mapped to.")]
 LeakageOpt = Annotated[
     LeakagePolicy,
     typer.Option("--leakage", help="fail on images shared across splits, or drop the less held-out copy."),
@@ -47,13 +56,13 @@ _INGEST = IngestConfig()
 def _ingest_config(
     source_format: SourceFormat,
     scheme: LabelScheme,
-    class_set: str,
+    class_set: ClassSetName,
     leakage: LeakagePolicy,
     drop_bad_votes: bool,
     min_class_count: int,
 ) -> IngestConfig:
     gate = GateConfig(min_class_count=min_class_count, leakage=leakage, drop_bad_votes=drop_bad_votes)
-    return IngestConfig(source_format, scheme, class_set, gate)
+    return IngestConfig(source_format, scheme, class_set.value, gate)
 
 
 @app.command("pull")
@@ -80,9 +89,9 @@ def _run_ingest(src: Path, out: Path | None, report: Path, config: IngestConfig)
         else:
             result = ingest(src, out, config, report_dir=report)
     except IngestError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     except GateFailed as exc:
-        raise fail(exc.report.human() + ("" if out is None else f"\nnothing written to {out}")) from exc
+        raise gate_failed(exc.report, out) from exc
     typer.echo(result.report.human())
     for split, info in result.meta["splits"].items():
         typer.echo(f"  {split}: {info['n']} images  {info['class_counts']}")
@@ -99,26 +108,25 @@ def _parse_added(items: list[str]) -> list[DataSource]:
             raise fail(
                 f"error: --add {item!r}: expected NAME=PATH with NAME of a-z, 0-9, - or _ "
                 "(e.g. --add clinic=~/faces)",
-                2,
+                USAGE,
             )
-        added.append(
-            DataSource(name, str(Path(path).expanduser().resolve()), SourceFormat.FOLDERS, PHOTO_GATE)
-        )
+        folder = require_path(Path(path).expanduser().resolve(), f"--add {name}", folder=True)
+        added.append(DataSource(name, str(folder), SourceFormat.FOLDERS, PHOTO_GATE))
     return added
 
 
 def _ingest_sources(
-    sources: list[DataSource], out: Path, report: Path, scheme: LabelScheme, class_set: str
+    sources: list[DataSource], out: Path, report: Path, scheme: LabelScheme, class_set: ClassSetName
 ) -> None:
     from ferflow.data import IngestError, ingest_sources
     from ferflow.validate import GateFailed
 
     try:
-        result = ingest_sources(sources, scheme, class_set, report_dir=report, root=PATHS.root, out=out)
+        result = ingest_sources(sources, scheme, class_set.value, report_dir=report, root=PATHS.root, out=out)
     except IngestError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     except GateFailed as exc:
-        raise fail(exc.report.human() + f"\nnothing written to {out}") from exc
+        raise gate_failed(exc.report, out) from exc
     for name, gate_report in result.reports.items():
         typer.echo(f"[{name}] {gate_report.human()}")
     for split, info in result.meta["splits"].items():
@@ -147,7 +155,7 @@ def data_ingest(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="canonical dataset folder.")] = PATHS.canonical,
     scheme: SchemeOpt = _INGEST.label_scheme,
-    class_set: ClassSetOpt = _INGEST.class_set,
+    class_set: ClassSetOpt = ClassSetName(_INGEST.class_set),
     leakage: Annotated[
         LeakagePolicy | None,
         typer.Option(
@@ -182,7 +190,9 @@ def data_ingest(
     if src is None:
         if source_format is not None:
             raise fail(
-                "error: --format describes SRC; without SRC the sources of data/ have their own layouts", 2
+                "error: --format describes SRC; without SRC the sources of data/ have their own layouts "
+                "(give SRC, or leave --format out)",
+                USAGE,
             )
         sources = [
             replace(s, gate=replace(s.gate, **asked)) if s.name == "ferplus" else s for s in DEFAULT_SOURCES
@@ -190,10 +200,10 @@ def data_ingest(
         _ingest_sources([*sources, *_parse_added(add or [])], out, report, scheme, class_set)
         return
     if add:
-        raise fail("error: --add extends data/'s sources; leave SRC out to use it", 2)
-    config = IngestConfig(
-        source_format or _INGEST.source_format, scheme, class_set, replace(_GATE, **asked), detect_faces
-    )
+        raise fail("error: --add extends data/'s sources; leave SRC out to use it", USAGE)
+    source_format = source_format or _INGEST.source_format
+    require_source(src, source_format)
+    config = IngestConfig(source_format, scheme, class_set.value, replace(_GATE, **asked), detect_faces)
     _run_ingest(src, out, report, config)
 
 
@@ -202,13 +212,14 @@ def data_validate(
     src: SrcArg = PATHS.ferplus_raw,
     source_format: FormatOpt = _INGEST.source_format,
     scheme: SchemeOpt = _INGEST.label_scheme,
-    class_set: ClassSetOpt = _INGEST.class_set,
+    class_set: ClassSetOpt = ClassSetName(_INGEST.class_set),
     leakage: LeakageOpt = _GATE.leakage,
     drop_bad_votes: DropVotesOpt = _GATE.drop_bad_votes,
     min_class_count: MinCountOpt = _GATE.min_class_count,
     report: ReportOpt = PATHS.artifacts / "validation",
 ) -> None:
     """Run the validation gate alone; writes nothing but its report. Exit 1 when it fails."""
+    require_source(src, source_format)
     config = _ingest_config(source_format, scheme, class_set, leakage, drop_bad_votes, min_class_count)
     _run_ingest(src, None, report, config)
 
@@ -221,13 +232,14 @@ def data_stats(
     ] = None,
 ) -> None:
     """Counts per split and class, duplicates, and a class-balance plot."""
+    require_dataset(dataset, None, "DATASET")
     from ferflow.canonical import open_dataset
     from ferflow.plots import class_balance
 
     try:
         ds = open_dataset(dataset)
     except (FileNotFoundError, ValueError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     counts = {s: {c: ds.meta["splits"][s]["class_counts"][c] for c in ds.classes} for s in ds.splits}
     width = max(len(c) for c in ds.classes)
     typer.echo(

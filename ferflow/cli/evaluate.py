@@ -9,10 +9,29 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import PATHS, fail
+from ferflow.cli.common import (
+    PATHS,
+    USAGE,
+    fail,
+    require_model_ref,
+    require_path,
+    require_run_id,
+    require_tracking_store,
+)
 from ferflow.config import TestTimeAugmentation
 
 app = typer.Typer()
+
+
+def _check_arguments(model: str | None, datasets: list[Path], run_id: str | None) -> None:
+    """Cheap checks first: before TensorFlow/MLflow imports, and before MLflow could create an
+    empty mlflow.db for a registry URI."""
+    require_model_ref(model)
+    for path in datasets:
+        require_path(path, "--dataset", hint="a canonical dataset, a FERPlus folder, a CSV or photos")
+    if run_id is not None:
+        require_run_id(run_id)
+        require_tracking_store()
 
 
 @app.command("evaluate")
@@ -26,7 +45,11 @@ def evaluate_cmd(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="ONNX file/folder or MLflow URI (runs:/<id>/onnx, models:/ferflow@champion)."),
+        typer.Option(
+            help="an ONNX file or a folder holding one, or an MLflow URI: runs:/RUN_ID/onnx, "
+            "models:/NAME@ALIAS (models:/ferflow@champion) or models:/NAME/VERSION. "
+            "Default: FERFLOW_MODEL, else the committed reference model."
+        ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="split to score (default: the most held-out).")] = None,
     prior: Annotated[
@@ -57,6 +80,7 @@ def evaluate_cmd(
 ) -> None:
     """Score a model on every dataset over each dataset's own classes (the all-classes figure
     beside it); optionally prior-corrected, with the robustness suite."""
+    _check_arguments(model, dataset or [PATHS.canonical], run_id)
     from ferflow import evaluate as ev
     from ferflow.evaluate import (
         EvalDataError,
@@ -72,7 +96,7 @@ def evaluate_cmd(
             tta=tta, seed=seed, progress=not as_json,
         )  # fmt: skip
     except (EvalDataError, ModelNotFound, FileNotFoundError, ValueError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     files = write_report(result, out or PATHS.artifacts / "evaluate") if out or track else []
     if card is not None:
         files.append(ev.update_card(card, result, "ferflow " + " ".join(sys.argv[1:])))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import fail
-from ferflow.config import (
-    SourceFormat,
-)
+from ferflow.cli.common import USAGE, fail, require_path, require_source
+from ferflow.config import MODEL_NAMES, SourceFormat
+
+# --model as a choice: `--help` lists the architectures and a typo is a usage error
+ModelName = StrEnum("ModelName", {name: name for name in MODEL_NAMES})
 
 app = typer.Typer(
     help="The Kubeflow training pipeline: compile, run locally (kfp.local), submit, schedule.",
@@ -33,9 +35,11 @@ SourceFormatOpt = Annotated[SourceFormat | None, typer.Option("--format", "-f", 
 DataVersionOpt = Annotated[
     str | None, typer.Option("--data-version", help="expected DVC md5 of the data (fails on mismatch).")
 ]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="model name (ferflow.models).")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="training epochs.")]
-GpusOpt = Annotated[int, typer.Option("--gpus", help="accelerators for the train step.")]
+ModelOpt = Annotated[
+    ModelName | None, typer.Option("--model", help="architecture to train (ferflow.models).")
+]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="training epochs.")]
+GpusOpt = Annotated[int, typer.Option("--gpus", min=0, help="accelerators for the train step.")]
 NodeSelectorOpt = Annotated[
     list[str] | None,
     typer.Option("--node-selector", help="KEY=VALUE for the train step's pods (repeatable; kfp-kubernetes)."),
@@ -45,7 +49,8 @@ TolerationOpt = Annotated[
     typer.Option("--toleration", help="KEY=VALUE:EFFECT for the train step (repeatable; kfp-kubernetes)."),
 ]
 RetriesOpt = Annotated[
-    int | None, typer.Option("--retries", help="retries of each step on a cluster [default: ClusterConfig].")
+    int | None,
+    typer.Option("--retries", min=0, help="retries of each step on a cluster [default: ClusterConfig]."),
 ]
 
 
@@ -56,7 +61,7 @@ def _profile_arguments(profile: str, **overrides):
     try:
         return pipeline_arguments(get_profile(profile), **overrides)
     except (ValueError, PipelineError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
 
 
 def _cluster_config(
@@ -68,7 +73,7 @@ def _cluster_config(
     for item in node_selector or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise fail(f"error: --node-selector {item!r} is not KEY=VALUE", 2)
+            raise fail(f"error: --node-selector {item!r} is not KEY=VALUE (e.g. gpu=a100)", USAGE)
         selectors[key] = value
     tolerations = []
     for item in toleration or []:
@@ -76,12 +81,29 @@ def _cluster_config(
         key, eq, value = kv.partition("=")
         if not sep or not eq or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
             raise fail(
-                f"error: --toleration {item!r} is not KEY=VALUE:NoSchedule|PreferNoSchedule|NoExecute", 2
+                f"error: --toleration {item!r} is not KEY=VALUE:NoSchedule|PreferNoSchedule|NoExecute",
+                USAGE,
             )
         tolerations.append((key, value, effect))
     if retries is None:
         retries = ClusterConfig().retries
     return ClusterConfig(gpus=gpus, node_selector=selectors, tolerations=tuple(tolerations), retries=retries)
+
+
+def _check_cron(cron: str) -> None:
+    """Kubeflow's 6-field cron, checked before kfp is imported (the driver checks it again)."""
+    fields = cron.split()
+    if len(fields) != 6:
+        hint = (
+            f"for a 5-field crontab prepend the seconds: '0 {cron}'"
+            if len(fields) == 5
+            else "e.g. '0 0 3 * * *'"
+        )
+        raise fail(
+            f"error: --cron {cron!r} has {len(fields)} fields; Kubeflow needs 6: second minute hour "
+            f"day-of-month month day-of-week ({hint})",
+            USAGE,
+        )
 
 
 @app.command("compile")
@@ -95,13 +117,13 @@ def pipeline_compile(
     retries: RetriesOpt = None,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML (upload it or use it with submit --package)."""
-    from pipelines.driver import compile_pipeline, read_pipeline_spec
-
     cluster = _cluster_config(gpus, node_selector, toleration, retries)
+    from pipelines.driver import compile_pipeline, read_pipeline_spec  # kfp: after the checks
+
     try:
         path = compile_pipeline(output, cluster)
     except RuntimeError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     spec, _ = read_pipeline_spec(path)  # what the cluster will parse, checked here
     typer.echo(f"{path}: pipeline {spec.pipeline_info.name!r}, {len(spec.components)} components")
 
@@ -114,7 +136,9 @@ def pipeline_run(
     data_version: DataVersionOpt = None,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
-    min_class_count: Annotated[int | None, typer.Option("--min-class-count", help="gate minimum.")] = None,
+    min_class_count: Annotated[
+        int | None, typer.Option("--min-class-count", min=0, help="gate minimum.")
+    ] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse unchanged steps.")] = True,
     pipeline_root: Annotated[
         Path | None, typer.Option("--pipeline-root", help="outputs and cache (default artifacts/pipeline).")
@@ -122,26 +146,31 @@ def pipeline_run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="stream every step's log.")] = False,
 ) -> None:
     """Run the training pipeline on this machine (kfp.local); ends with the run summary."""
-    from ferflow.pipeline import PipelineError
-    from pipelines.driver import run_local
-
+    if source is not None and source != "dvc":
+        require_source(Path(source), source_format, "--source")
     args = _profile_arguments(
         profile,
         source=source,
         source_format=source_format.value if source_format else None,
         data_version=data_version,
-        model_name=model,
+        model_name=model.value if model else None,
         epochs=epochs,
         min_class_count=min_class_count,
     )
     typer.echo(f"ferflow pipeline, profile {profile}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
+    from ferflow.pipeline import PipelineError
+    from pipelines.driver import run_local  # kfp: after the arguments are checked
+
     try:
         run = run_local(args, pipeline_root=pipeline_root, cache=cache, verbose=verbose)
     except PipelineError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     typer.echo(run.render())
     if not run.succeeded:
-        raise typer.Exit(1)
+        raise fail(
+            f"error: pipeline FAILED at step {run.failed_step or 'unknown'} "
+            f"(the summary above says why; full log: {run.log_path})"
+        )
 
 
 @app.command("submit")
@@ -157,14 +186,18 @@ def pipeline_submit(
     epochs: EpochsOpt = None,
 ) -> None:
     """Create one run of the training pipeline on a Kubeflow cluster."""
+    args = _profile_arguments(
+        profile, data_version=data_version, model_name=model.value if model else None, epochs=epochs
+    )
+    if package is not None:
+        require_path(package, "--package", folder=False, hint="write one with `ferflow pipeline compile`")
     from ferflow.pipeline import PipelineError
     from pipelines.driver import submit
 
-    args = _profile_arguments(profile, data_version=data_version, model_name=model, epochs=epochs)
     try:
         run_id = submit(host, args, experiment, run_name, namespace, package)
     except PipelineError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     typer.echo(f"submitted run {run_id} (profile {profile}) to {host}")
 
 
@@ -179,16 +212,19 @@ def pipeline_schedule(
     name: Annotated[str | None, typer.Option("--name", help="recurring run name.")] = None,
     namespace: NamespaceOpt = None,
     package: PackageOpt = None,
-    max_concurrency: Annotated[int, typer.Option("--max-concurrency", help="runs at once.")] = 1,
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, help="runs at once.")] = 1,
     catchup: Annotated[bool, typer.Option("--catchup/--no-catchup", help="backfill missed runs.")] = False,
 ) -> None:
     """Create a recurring run (scheduled retraining) of the training pipeline."""
+    args = _profile_arguments(profile)
+    _check_cron(cron)
+    if package is not None:
+        require_path(package, "--package", folder=False, hint="write one with `ferflow pipeline compile`")
     from ferflow.pipeline import PipelineError
     from pipelines.driver import schedule
 
-    args = _profile_arguments(profile)
     try:
         rr = schedule(host, cron, args, experiment, name, namespace, max_concurrency, catchup, package)
     except PipelineError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     typer.echo(f"recurring run {rr.recurring_run_id} ({cron}, profile {profile}) created on {host}")

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import PATHS, fail, load_splits
+from ferflow.cli.common import (
+    PATHS,
+    USAGE,
+    fail,
+    load_splits,
+    require_dataset,
+    require_path,
+    require_run_id,
+    require_tracking_store,
+)
 from ferflow.config import RegistryConfig, SourceFormat
 
 app = typer.Typer(help="MLflow model registry: register, gate-and-promote, roll back.", no_args_is_help=True)
@@ -20,6 +29,8 @@ def registry_register(
     name: ModelNameOpt = "ferflow",
 ) -> None:
     """Register a training run's ONNX model as a new version and alias it `challenger`."""
+    require_run_id(run_id)
+    require_tracking_store()
     from ferflow.registry import RegistryError, register
 
     try:
@@ -48,12 +59,16 @@ def registry_promote(
     probe_image: Annotated[Path | None, typer.Option(help="photo for the /predict infra check.")] = None,
 ) -> None:
     """Gate the challenger: infra-validate, compare with the champion, promote or refuse (exit 1)."""
+    require_dataset(dataset, source_format)
+    if probe_image is not None:
+        require_path(probe_image, "--probe-image", folder=False)
+    require_tracking_store()
     from ferflow.evaluate import source_label_sets
     from ferflow.registry import RegistryError, promote
 
     splits, meta = load_splits(dataset, source_format, "ferplus8", quiet=True)
     if split not in splits:
-        raise fail(f"error: {dataset} has no split {split!r}; it has {sorted(splits)}", 2)
+        raise fail(f"error: {dataset} has no split {split!r} (pass --split, one of {sorted(splits)})", USAGE)
     cfg = RegistryConfig(
         name,
         margin,
@@ -69,12 +84,13 @@ def registry_promote(
         raise fail(f"error: {exc}") from exc
     typer.echo(decision.human())
     if not decision.promoted:
-        raise typer.Exit(1)
+        raise fail(f"error: {name} was not promoted (the gate's reasons are above)")
 
 
 @app.command("rollback")
 def registry_rollback(name: ModelNameOpt = "ferflow") -> None:
     """Move `champion` back to the previous champion."""
+    require_tracking_store()
     from ferflow.registry import RegistryError, rollback
 
     try:
@@ -87,9 +103,13 @@ def registry_rollback(name: ModelNameOpt = "ferflow") -> None:
 @app.command("list")
 def registry_list(name: ModelNameOpt = "ferflow") -> None:
     """Versions with aliases, gate decisions and metrics."""
-    from ferflow.registry import list_versions
+    require_tracking_store()
+    from ferflow.registry import RegistryError, list_versions
 
-    rows = list_versions(RegistryConfig(model_name=name))
+    try:
+        rows = list_versions(RegistryConfig(model_name=name))
+    except RegistryError as exc:
+        raise fail(f"error: {exc}") from exc
     if not rows:
         typer.echo(f"no versions of {name!r}")
     for row in rows:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import fail
+from ferflow.cli.common import FAILED, USAGE, fail, require_free_port, require_tracking_store
 
 app = typer.Typer()
 
@@ -17,10 +17,10 @@ SERVICE_TARGET = "serving.service:FERService"
 
 @app.command("serve")
 def serve_cmd(
-    port: Annotated[int, typer.Option("--port", "-p", help="HTTP port.")] = 3000,
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option("--host", help="interface to bind.")] = "0.0.0.0",
     workers: Annotated[
-        int | None, typer.Option(help="worker processes (default FERFLOW_WORKERS or 1).")
+        int | None, typer.Option(min=1, help="worker processes (default FERFLOW_WORKERS or 1).")
     ] = None,
 ) -> None:
     """Serve the model over HTTP: /predict, /predict_batch, /classify, /demo, probes, /metrics.
@@ -35,10 +35,19 @@ def serve_cmd(
 
     try:
         config = ServingConfig.from_env()
-        if config.model_uri is None:  # fail fast on a missing local model; registry URIs load in the server
-            resolve_model(config)
-    except (ValueError, ModelLoadError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+    except ValueError as exc:
+        raise fail(f"error: {exc} (fix the environment variable)", USAGE) from exc
+    # Pre-flight, before BentoML starts: a model that cannot load would make its worker restart
+    # forever, and a busy port fail with a traceback. The registry model is downloaded here once
+    # more than the worker does: seconds, against a server that never comes up.
+    uri = config.model_uri or ""
+    if uri.startswith("runs:/") or (uri.startswith("models:/") and config.tracking_uri):
+        require_tracking_store(config.tracking_uri)  # else MLflow creates an empty mlflow.db
+    try:
+        model = resolve_model(config)
+    except ModelLoadError as exc:
+        raise fail(f"error: {exc} (check FERFLOW_MODEL_URI and MLFLOW_TRACKING_URI)", FAILED) from exc
+    require_free_port(host, port)
     env = dict(os.environ)
     if workers is not None:
         env["FERFLOW_WORKERS"] = str(workers)
@@ -49,5 +58,8 @@ def serve_cmd(
 
         env["BENTOML_HOME"] = str(Path(tempfile.gettempdir()) / f"ferflow-bentoml-{port}")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--host", host, "--port", str(port)]
-    typer.echo(f"serving {SERVICE_TARGET} on http://{host}:{port} (demo: /demo, API docs: /)")
+    typer.echo(
+        f"serving {SERVICE_TARGET} with model {model.name} ({model.version}) on http://{host}:{port} "
+        "(demo: /demo, API docs: /)"
+    )
     os.execve(sys.executable, cmd, env)  # bentoml replaces this process: signals reach it directly

@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import PATHS, fail, load_splits
-from ferflow.config import (
-    SourceFormat,
-)
+from ferflow.cli.common import PATHS, USAGE, fail, load_splits, require_dataset, require_sqlite_file
+from ferflow.config import SourceFormat
 
 app = typer.Typer()
 
@@ -22,7 +20,7 @@ def _recipe_from_study(cfg, study: str, storage: str | None):
     try:
         cfg = best_train_config(study, storage, base=cfg)
     except TuneError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     typer.echo(
         f"recipe from study {study!r}: lr {cfg.learning_rate:.3g}, weight decay "
         f"{cfg.weight_decay:.3g}, width {cfg.width}, dropout {cfg.dropout:.2f}, batch {cfg.batch_size}, "
@@ -81,11 +79,20 @@ def train_cmd(
     try:
         cfg = load_recipe(config, overrides or ())
     except RecipeError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     if print_recipe:
         typer.echo(dump_recipe(cfg), nl=False)
         return
+    # before TensorFlow's import (seconds): a wrong path is answered at once
+    require_dataset(dataset, source_format)
     if from_study is not None:
+        from ferflow.config import default_optuna_storage
+
+        require_sqlite_file(
+            storage or default_optuna_storage(),
+            "Optuna storage",
+            "pass --storage, or run `ferflow tune` first",
+        )
         cfg = _recipe_from_study(cfg, from_study, storage)
     from ferflow.train import train
 
@@ -95,7 +102,7 @@ def train_cmd(
     try:
         result = train(cfg, data, run_dir, resume=resume, track=track, export_dir=export_dir)
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     test = result.metrics.get("test") or result.metrics.get("tune") or {}
     typer.echo(
         f"trained {cfg.model} for {len(result.history)} epochs in {result.train_seconds / 60:.1f} min; "

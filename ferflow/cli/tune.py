@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import PATHS, fail
+from ferflow.cli.common import PATHS, USAGE, fail, require_dataset
 
 app = typer.Typer()
 
@@ -39,10 +39,10 @@ def tune_cmd(
         typer.Option(help="SQLAlchemy URL (default: $FERFLOW_OPTUNA_STORAGE, else sqlite:///optuna.db)."),
     ] = None,
     trials: Annotated[
-        int | None, typer.Option("--trials", "-n", help="new trials (all workers together).")
+        int | None, typer.Option("--trials", "-n", min=1, help="new trials (all workers together).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="worker processes sharing the study.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="seconds per worker; 0 = no limit.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="worker processes sharing the study.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0, help="seconds per worker; 0 = no limit.")] = None,
     pin: Annotated[
         bool | None, typer.Option("--pin/--no-pin", help="one core per worker (default: when workers > 1).")
     ] = None,
@@ -59,7 +59,8 @@ def tune_cmd(
     try:
         cfg = load_tune_config(config, overrides or ())
     except RecipeError as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
+    require_dataset(dataset, None)  # before Optuna/TensorFlow, and before a study is created
     run = {"study": study, "storage": storage, "trials": trials, "workers": workers, "timeout": timeout}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in run.items() if v is not None})
     from ferflow.canonical import open_dataset
@@ -70,8 +71,10 @@ def tune_cmd(
         if report is not None:
             finalize_study(dataclasses.replace(cfg, track=False), out_dir=report)
     except (FileNotFoundError, ValueError, TuneError) as exc:
-        raise fail(f"error: {exc}", 2) from exc
+        raise fail(f"error: {exc}", USAGE) from exc
     if report is not None:
         typer.echo(f"study report: {report}")
     if result.best_trial is None:
-        raise typer.Exit(1)
+        raise fail(
+            "error: no trial of the study finished (see the trials above; raise --trials or --timeout)"
+        )
