@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ferflow.cli.common import FAILED, USAGE, fail, require_free_port, require_tracking_store
+from ferflow.cli.common import USAGE, fail, require_free_port, require_tracking_store
 
 app = typer.Typer()
 
@@ -45,8 +45,8 @@ def serve_cmd(
         require_tracking_store(config.tracking_uri)  # else MLflow creates an empty mlflow.db
     try:
         model = resolve_model(config)
-    except ModelLoadError as exc:
-        raise fail(f"error: {exc} (check FERFLOW_MODEL_URI and MLFLOW_TRACKING_URI)", FAILED) from exc
+    except ModelLoadError as exc:  # the configuration names no loadable model: an input mistake
+        raise fail(f"error: {exc} (check FERFLOW_MODEL_URI and MLFLOW_TRACKING_URI)", USAGE) from exc
     require_free_port(host, port)
     env = dict(os.environ)
     if workers is not None:

@@ -91,8 +91,9 @@ CASES = [
     ("serve-port-zero", "serve --port 0", {}, 2),
     ("serve-workers-zero", "serve --workers 0", {}, 2),
     ("serve-bad-env-number", "serve", {"FERFLOW_THREADS": "many"}, 2),
-    ("serve-model-uri-missing-file", "serve", {"FERFLOW_MODEL_URI": "/nonexistent/model.onnx"}, 1),
-    ("serve-registry-uri-no-tracking", "serve", {"FERFLOW_MODEL_URI": "models:/ferflow@champion"}, 1),
+    ("serve-default-model-missing", "serve", {"FERFLOW_MODEL": "/nonexistent/model.onnx"}, 2),
+    ("serve-model-uri-missing-file", "serve", {"FERFLOW_MODEL_URI": "/nonexistent/model.onnx"}, 2),
+    ("serve-registry-uri-no-tracking", "serve", {"FERFLOW_MODEL_URI": "models:/ferflow@champion"}, 2),
     (
         "serve-registry-uri-no-store",
         "serve",
@@ -237,10 +238,10 @@ def test_pipeline_progress_shows_the_running_step_and_its_time(tmp_path: Path) -
     progress = _Progress(io.StringIO(), echo, False, steps, interactive=False, report_every=60)
     progress.write("Executing task 'train-model'\n")
     started = steps["train-model"]._started
-    progress.tick(started + 30)  # not yet: one line a minute off a terminal
-    progress.tick(started + 61)
-    progress.tick(started + 62)
-    progress.tick(started + 125)
+    progress.tick(started + 30.5)  # not yet: one line a minute off a terminal
+    progress.tick(started + 61.5)
+    progress.tick(started + 62.5)
+    progress.tick(started + 125.5)
     assert echo.getvalue().splitlines() == [
         "▶ train-model",
         "  train-model: running 1:01",
@@ -249,7 +250,7 @@ def test_pipeline_progress_shows_the_running_step_and_its_time(tmp_path: Path) -
     tty = io.StringIO()
     live = _Progress(io.StringIO(), tty, False, {}, interactive=True)
     live.write("Executing task 'train-model'\n")
-    live.tick(live.steps["train-model"]._started + 3725)
+    live.tick(live.steps["train-model"]._started + 3725.5)
     live.write("Task 'train-model' finished with status SUCCESS\n")
     shown = tty.getvalue()
     assert "\r\x1b[K  train-model: running 1:02:05\r\x1b[K  train-model: success (" in shown
