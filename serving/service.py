@@ -16,8 +16,14 @@ Endpoints (all JSON; errors are ``{"error": "...", "status": 4xx, "type": "..."}
   ``GET /analyze_video/get`` (``format=json|csv``), ``PUT /analyze_video/cancel``, each with
   ``?task_id=`` (:mod:`serving.video_tasks`)
 - ``GET /model``           the served model: name, version, classes, limits
-- ``GET /demo``            the web demo (``serving/static``); ``/`` is BentoML's OpenAPI UI
+- ``GET /demo``            the web demo (``serving/static``), with ``GET /examples`` (example
+  photos from ``FERFLOW_EXAMPLES_DIR``, :mod:`serving.examples`)
+- ``/`` and ``/docs``: Swagger UI of ``/docs.json`` (also ``/openapi.json``), ferflow's own
+  document (:mod:`serving.api_docs`); the internal ``/classify_batch`` is left out of it
 - ``/livez``, ``/healthz``, ``/readyz`` (ready after model load + warm-up), ``/metrics``
+
+A worker that cannot load the model stops the whole server with exit status 1 and the reason
+in one log line, instead of being respawned forever (:mod:`serving.lifecycle`).
 
 The model is ``FERFLOW_MODEL_URI`` (``models:/ferflow@champion`` through the MLflow registry
 at ``MLFLOW_TRACKING_URI``) or the committed reference model. ``FERFLOW_API_KEY`` turns on
@@ -43,14 +49,16 @@ import numpy as np
 from _bentoml_sdk.service import get_current_service
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from ferflow.footage import AnalyzeConfig
 from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig, is_small_image
-from serving import bentoml_fixes
+from serving import api_docs, bentoml_fixes, lifecycle
+from serving.api_docs import errors, ok
 from serving.batching import MicroBatcher, Overloaded
+from serving.examples import MEDIA_TYPES, Examples
 from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, Part, image_parts, parse_multipart, read_body
 from serving.video_tasks import VideoTasks
 
@@ -59,6 +67,8 @@ bentoml_fixes.apply()  # per-request timers that outlived their requests (see th
 logger = logging.getLogger("bentoml.ferflow")  # a child of BentoML's configured logger
 
 CONFIG = ServingConfig.from_env()
+lifecycle.install()  # in `bentoml serve`'s own process: a worker's failed start stops the server
+EXAMPLES = Examples.from_env()
 STATIC = Path(__file__).parent / "static"
 IMAGE_FIELD = "image"
 VIDEO_FIELD = "video"
@@ -70,8 +80,9 @@ CLASSIFY_MAX_QUEUE = 1024  # faces waiting per worker before /classify answers 5
 # Paths reachable without the API key: probes, metrics, API docs, the demo page and its assets.
 OPEN_PATHS = frozenset(
     {"/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/demo"}
+    | {"/docs", "/openapi.json", "/examples"}
 )
-OPEN_PREFIXES = ("/static/", "/static_content/", "/assets/")
+OPEN_PREFIXES = ("/static/", "/static_content/", "/assets/", "/examples/", "/swagger-ui/")
 API_PATHS = frozenset(
     {"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"}
     | {f"/analyze_video{op}" for op in ("", "/submit", "/status", "/get", "/cancel")}
@@ -142,6 +153,9 @@ http = FastAPI(
     openapi_url=None,
 )
 http.mount("/static", StaticFiles(directory=STATIC), name="static")
+SWAGGER_ASSETS = api_docs.swagger_assets()
+if SWAGGER_ASSETS is not None:
+    http.mount("/swagger-ui", StaticFiles(directory=SWAGGER_ASSETS), name="swagger-ui")
 
 
 @http.exception_handler(InferenceError)
@@ -179,17 +193,30 @@ def _upload_body(max_images: int) -> dict[str, Any]:
                 }
             },
         },
-        "responses": {
-            str(code): {"description": text}
-            for code, text in {
-                400: "malformed request (multipart, corrupt or truncated image, missing field)",
-                401: "missing or wrong API key (when FERFLOW_API_KEY is set)",
-                413: "upload or image (pixels, checked before decoding) over the limit",
-                415: "not multipart/form-data, or not a JPEG/PNG/WebP image",
-                422: "image too small",
-            }.items()
-        },
     }
+
+
+AUTH_ERROR = {401: "missing or wrong API key (when FERFLOW_API_KEY is set)"}
+UPLOAD_ERRORS = errors(
+    {
+        400: "malformed request (multipart, corrupt or truncated image, missing field)",
+        **AUTH_ERROR,
+        413: "upload or image (pixels, checked before decoding) over the limit",
+        415: "not multipart/form-data, or not a JPEG/PNG/WebP image",
+        422: "image too small",
+    }
+)
+VIDEO_ERRORS = errors(
+    {
+        400: "malformed request or form field",
+        **AUTH_ERROR,
+        413: "upload, frame size or duration over the limit",
+        415: "not a video FFmpeg decodes (corrupt, no video stream, unknown codec)",
+        422: "a video with no frames, or frames too small to hold a face",
+        503: "this worker's video queue is full: retry later",
+    }
+)
+TASK_ERRORS = errors({**AUTH_ERROR, 404: "unknown task_id, or its result expired"})
 
 
 def _video_body() -> dict[str, Any]:
@@ -222,17 +249,6 @@ def _video_body() -> dict[str, Any]:
                 }
             },
         },
-        "responses": {
-            str(code): {"description": text}
-            for code, text in {
-                202: "accepted: the task id, and the status / get / cancel URLs",
-                400: "malformed request or form field",
-                413: "upload, frame size or duration over the limit",
-                415: "not a video FFmpeg decodes (corrupt, no video stream, unknown codec)",
-                422: "a video with no frames, or frames too small to hold a face",
-                503: "this worker's video queue is full: retry later",
-            }.items()
-        },
     }
 
 
@@ -261,8 +277,12 @@ class FERService:
 
     def __init__(self) -> None:
         started = time.perf_counter()
-        self.recognizer = EmotionRecognizer.from_config(CONFIG)
-        self.recognizer.warm_up()
+        try:
+            self.recognizer = EmotionRecognizer.from_config(CONFIG)
+            self.recognizer.warm_up()
+        except Exception as exc:  # a model that does not load fails the same way on every respawn
+            lifecycle.stop_server(exc)  # exits, under `bentoml serve`
+            raise
         self.batcher = MicroBatcher(
             self.recognizer.classify_batch,
             max_batch_size=CONFIG.max_classify_batch,
@@ -316,7 +336,12 @@ def _service() -> FERService:
     return get_current_service()
 
 
-@http.post("/predict", openapi_extra=_upload_body(1), tags=["Inference"])
+@http.post(
+    "/predict",
+    openapi_extra=_upload_body(1),
+    tags=["Inference"],
+    responses={**ok(api_docs.PredictResponse, "the faces found", api_docs.PREDICT_EXAMPLE), **UPLOAD_ERRORS},
+)
 async def predict(request: Request) -> JSONResponse:
     """Every face in one photo with its per-class emotion scores."""
     ((name, data),) = await _images(request, 1)
@@ -325,7 +350,15 @@ async def predict(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
-@http.post("/predict_batch", openapi_extra=_upload_body(CONFIG.max_batch_images), tags=["Inference"])
+@http.post(
+    "/predict_batch",
+    openapi_extra=_upload_body(CONFIG.max_batch_images),
+    tags=["Inference"],
+    responses={
+        **ok(api_docs.PredictBatchResponse, "the faces of each image", api_docs.PREDICT_BATCH_EXAMPLE),
+        **UPLOAD_ERRORS,
+    },
+)
 async def predict_batch(request: Request) -> JSONResponse:
     """Several photos at once (the field ``image`` repeated); results in upload order."""
     rec = _service().recognizer
@@ -347,7 +380,16 @@ async def predict_batch(request: Request) -> JSONResponse:
     return JSONResponse({"results": results, "model": rec.model})
 
 
-@http.post("/classify", openapi_extra=_upload_body(1), tags=["Inference"])
+@http.post(
+    "/classify",
+    openapi_extra=_upload_body(1),
+    tags=["Inference"],
+    responses={
+        **ok(api_docs.ClassifyResponse, "the face's scores", api_docs.CLASSIFY_EXAMPLE),
+        **UPLOAD_ERRORS,
+        **errors({503: "too many faces waiting: retry later"}),
+    },
+)
 async def classify(request: Request) -> JSONResponse:
     """One pre-cropped face (any size; converted to 48x48 gray) → scores and label."""
     svc = _service()
@@ -382,8 +424,25 @@ def _video_options(parts: list[Part]) -> AnalyzeConfig:
     return AnalyzeConfig(progress=False, **values)
 
 
-@http.post("/analyze_video", openapi_extra=_video_body(), tags=["Video"], status_code=202)
-@http.post("/analyze_video/submit", openapi_extra=_video_body(), tags=["Video"], status_code=202)
+VIDEO_ACCEPTED = ok(
+    api_docs.VideoTaskAccepted, "accepted: the task, and its URLs", api_docs.TASK_ACCEPTED_EXAMPLE, code=202
+)
+
+
+@http.post(
+    "/analyze_video",
+    openapi_extra=_video_body(),
+    tags=["Video"],
+    status_code=202,
+    responses={**VIDEO_ACCEPTED, **VIDEO_ERRORS},
+)
+@http.post(
+    "/analyze_video/submit",
+    openapi_extra=_video_body(),
+    tags=["Video"],
+    status_code=202,
+    responses={**VIDEO_ACCEPTED, **VIDEO_ERRORS},
+)
 async def analyze_video(request: Request) -> JSONResponse:
     """Submit a video (multipart field ``video``; optional fields ``fps``, ``start``, ``end``,
     ``smooth``): checked at once, analysed in the background. Answers 202 with the task id."""
@@ -399,14 +458,37 @@ async def analyze_video(request: Request) -> JSONResponse:
     return JSONResponse({**status, **links}, status_code=202)
 
 
-@http.get("/analyze_video/status", tags=["Video"])
+@http.get(
+    "/analyze_video/status",
+    tags=["Video"],
+    responses={
+        **ok(api_docs.VideoTaskStatus, "the task's state and progress", api_docs.TASK_DONE_EXAMPLE),
+        **TASK_ERRORS,
+    },
+)
 async def analyze_video_status(task_id: str | None = None) -> JSONResponse:
     """A task's state (``pending``, ``in_progress``, ``completed``, ``failed``, ``canceled``)
     and progress (``frames_done`` of ``frames_total``)."""
     return JSONResponse(_service().videos.status(task_id))
 
 
-@http.get("/analyze_video/get", tags=["Video"])
+@http.get(
+    "/analyze_video/get",
+    tags=["Video"],
+    responses={
+        200: {
+            "model": api_docs.VideoResult,
+            "description": "the rows and per-track summary (JSON), or the rows as CSV (format=csv)",
+            "content": {
+                "application/json": {"example": api_docs.VIDEO_RESULT_EXAMPLE},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+        **TASK_ERRORS,
+        **errors({400: "format is not json or csv", 409: "the task is not completed yet, or was canceled"}),
+        **errors({422: "the task failed: its error", 500: "the analysis failed"}),
+    },
+)
 async def analyze_video_get(task_id: str | None = None, format: str = "json") -> FileResponse:
     """A completed task's rows (one per face per analysed frame, as ``ferflow analyze`` writes
     them) as JSON with a per-track summary, or ``format=csv``; a failed task answers its error."""
@@ -416,13 +498,24 @@ async def analyze_video_get(task_id: str | None = None, format: str = "json") ->
     return FileResponse(path, media_type="application/json")
 
 
-@http.put("/analyze_video/cancel", tags=["Video"])
+@http.put(
+    "/analyze_video/cancel",
+    tags=["Video"],
+    responses={**ok(api_docs.VideoTaskStatus, "the task's status after the cancel"), **TASK_ERRORS},
+)
 async def analyze_video_cancel(task_id: str | None = None) -> JSONResponse:
     """Stop a pending or running task; its upload is deleted."""
     return JSONResponse(_service().videos.cancel(task_id))
 
 
-@http.get("/model", tags=["Inference"])
+@http.get(
+    "/model",
+    tags=["Inference"],
+    responses={
+        **ok(api_docs.ModelResponse, "the model and the limits", api_docs.MODEL_INFO_EXAMPLE),
+        **errors(AUTH_ERROR),
+    },
+)
 async def model() -> JSONResponse:
     """The served model and the request limits."""
     rec = _service().recognizer
@@ -448,6 +541,49 @@ async def model() -> JSONResponse:
 @http.get("/demo", include_in_schema=False)
 async def demo() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@http.get("/examples", include_in_schema=False)
+async def examples() -> JSONResponse:
+    """The demo's example photos (an empty list where FERFLOW_EXAMPLES_DIR is absent)."""
+    return JSONResponse(EXAMPLES.listing())
+
+
+@http.get("/examples/{name}", include_in_schema=False)
+async def example(name: str) -> FileResponse:
+    path = EXAMPLES.path(name)
+    if path is None:
+        raise StarletteHTTPException(404, f"no example photo {name!r}: GET /examples lists them")
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()])
+
+
+# --- API docs: ferflow's OpenAPI document at BentoML's /docs.json and the usual paths ---------
+# BentoML matches a mounted app's routes before its own /docs.json and /, so these answer.
+
+_spec: dict[str, Any] | None = None
+
+
+@http.get("/docs.json", include_in_schema=False)
+@http.get("/openapi.json", include_in_schema=False)
+async def openapi_document() -> JSONResponse:
+    global _spec
+    if _spec is None:  # built once: the routes do not change while the server runs
+        _spec = api_docs.public_spec(FERService, http)
+    return JSONResponse(_spec)
+
+
+@http.get("/docs", include_in_schema=False)
+async def docs_page() -> Response:
+    """Swagger UI of /docs.json, from the assets BentoML ships; also at / in place of BentoML's
+    page, which loads Google Tag Manager (not offline) and hides the document's title. Without
+    those assets (another BentoML layout), / stays BentoML's page and /docs leads there."""
+    if SWAGGER_ASSETS is None:
+        return RedirectResponse("./")
+    return FileResponse(STATIC / "docs.html", media_type="text/html")
+
+
+if SWAGGER_ASSETS is not None:
+    http.add_api_route("/", docs_page, methods=["GET"], include_in_schema=False)
 
 
 _cpu_slots: anyio.CapacityLimiter | None = None

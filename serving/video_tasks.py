@@ -41,6 +41,7 @@ from ferflow.footage import (
     AnalyzeConfig,
     FootageError,
     UnreadableVideo,
+    VideoInfo,
     VideoTooLarge,
     columns,
     probe_video,
@@ -132,7 +133,7 @@ class VideoTasks:
         self._start()
         return {k: v for k, v in status.items() if k != "pid"}
 
-    def _probe(self, video: Path, filename: str, config: AnalyzeConfig):
+    def _probe(self, video: Path, filename: str, config: AnalyzeConfig) -> VideoInfo:
         label = f"video ({filename})"
         try:
             return probe_video(video, replace(config, max_seconds=self.limits.max_seconds))

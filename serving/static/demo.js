@@ -1,16 +1,19 @@
 // ferflow web demo: upload a photo or stream webcam frames to POST /predict, draw the boxes
 // and labels over the image and one bar per class for each face. In webcam mode faces are
 // tracked from frame to frame and their class probabilities smoothed over time, as
-// `ferflow analyze --smooth` does, and a timeline plots the main face's last 20 s.
-// Plain JS, no dependencies.
+// `ferflow analyze --smooth` does, and a timeline plots the main face's last 20 s. A photo's
+// result can be downloaded as the server's JSON; example photos come from GET /examples.
+// Plain JS, no dependencies (the page works offline).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const els = {
   file: $("file"), webcam: $("webcam"), apikey: $("apikey"), status: $("status"), stage: $("stage"),
   photo: $("photo"), video: $("video"), overlay: $("overlay"), faces: $("faces"), model: $("model"),
-  live: $("live"), timeline: $("timeline"), legend: $("legend"),
+  live: $("live"), timeline: $("timeline"), legend: $("legend"), frame: $("frame"),
+  download: $("download"), exampleList: $("example-list"), noExamples: $("no-examples"),
 };
+const MIN_DISPLAY_PX = 320; // a smaller photo is scaled up to this on its longer side
 const FRAME_INTERVAL_MS = 300; // webcam: a few frames per second, one request in flight at most
 // The defaults of `ferflow analyze` (ferflow/footage.py AnalyzeConfig, Tracker).
 const SMOOTH_S = 0.5; // time constant of the moving average
@@ -23,6 +26,7 @@ let stream = null;
 let timer = null;
 let busy = false;
 let photoUrl = null;
+let downloadUrl = null;
 let classes = null; // from GET /model; the first result's score keys when that is refused
 
 // --- tracking and smoothing (pure; window.ferflowDemo exposes them) -------------------------
@@ -262,34 +266,104 @@ function render(result, width, height) {
     }
     els.faces.appendChild(card);
   });
+  keepTagsInside();
   const n = result.faces.length;
   setStatus(`${n === 0 ? "no face found" : n === 1 ? "1 face" : `${n} faces`} · ${result.ms} ms · ` +
     `model ${result.model.name} ${result.model.version}`);
 }
 
+// Moves each face's tag inside the frame: inside its box when there is no room above it,
+// and left along the box when it would stick out on the right (a narrow photo).
+function keepTagsInside() {
+  const frame = els.frame.getBoundingClientRect();
+  for (const tag of els.overlay.querySelectorAll(".tag")) {
+    if (tag.getBoundingClientRect().top < frame.top) tag.classList.add("inside");
+    const t = tag.getBoundingClientRect();
+    const shift = Math.min(t.right - frame.right, t.left - frame.left);
+    if (shift > 0) tag.style.left = `${-3 - shift}px`;
+  }
+}
+
+// Photos smaller than MIN_DISPLAY_PX are shown larger (boxes are in percent: they follow).
+function sizePhoto(img) {
+  const longer = Math.max(img.naturalWidth, img.naturalHeight);
+  const scale = longer > 0 && longer < MIN_DISPLAY_PX ? MIN_DISPLAY_PX / longer : 1;
+  img.style.width = scale > 1 ? `${Math.round(img.naturalWidth * scale)}px` : "";
+}
+
+// The download button offers the server's answer for the photo shown, as a JSON file.
+function setDownload(result, filename) {
+  if (downloadUrl) URL.revokeObjectURL(downloadUrl);
+  downloadUrl = null;
+  els.download.hidden = result === null;
+  if (result === null) return;
+  const { ms, ...body } = result; // ms is the demo's own timing, not part of the answer
+  const blob = new Blob([JSON.stringify(body, null, 2) + "\n"], { type: "application/json" });
+  downloadUrl = URL.createObjectURL(blob);
+  els.download.href = downloadUrl;
+  els.download.download = `${filename.replace(/\.[^.]*$/, "") || "photo"}.ferflow.json`;
+}
+
 async function analyzeFile(file) {
   if (!file) return;
   stopWebcam();
+  setDownload(null);
   if (photoUrl) URL.revokeObjectURL(photoUrl);
   photoUrl = URL.createObjectURL(file);
   els.video.hidden = true;
   els.live.hidden = true;
-  els.photo.hidden = false;
-  els.stage.hidden = false;
+  els.photo.hidden = true; // until it has loaded: no broken-image icon
   els.overlay.replaceChildren();
   els.faces.replaceChildren();
   setStatus("analysing…");
-  await new Promise((resolve) => {
-    els.photo.onload = resolve;
-    els.photo.onerror = resolve; // the server explains what is wrong with the file
+  const loaded = await new Promise((resolve) => {
+    els.photo.onload = () => resolve(true);
+    els.photo.onerror = () => resolve(false); // the server explains what is wrong with the file
     els.photo.src = photoUrl;
   });
+  if (loaded) sizePhoto(els.photo);
+  els.photo.hidden = !loaded;
+  els.stage.hidden = !loaded;
   try {
     const result = await predict(file, file.name || "upload");
     render(result, els.photo.naturalWidth, els.photo.naturalHeight);
+    setDownload(result, file.name || "upload");
   } catch (e) {
     setStatus(e.message, true);
   }
+}
+
+// The example photos the server offers (GET /examples), as thumbnail buttons.
+async function loadExamples() {
+  let list = [];
+  try {
+    const r = await fetch("/examples");
+    if (r.ok) list = (await r.json()).examples;
+  } catch (e) {
+    list = [];
+  }
+  els.noExamples.hidden = list.length > 0;
+  els.exampleList.replaceChildren(...list.map(({ name, url }, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = name;
+    button.dataset.example = name;
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = `example photo ${i + 1}`;
+    button.appendChild(img);
+    button.addEventListener("click", async () => {
+      try {
+        const r = await fetch(url);
+        if (!r.ok) throw new Error(`example ${name}: HTTP ${r.status}`);
+        const blob = await r.blob();
+        analyzeFile(new File([blob], name, { type: blob.type }));
+      } catch (e) {
+        setStatus(e.message, true);
+      }
+    });
+    return button;
+  }));
 }
 
 async function sendFrame() {
@@ -342,6 +416,7 @@ async function startWebcam() {
     return;
   }
   els.video.srcObject = stream;
+  setDownload(null); // a webcam frame's answer is gone a moment later
   tracker = new Tracker();
   timeline.reset();
   els.photo.hidden = true;
@@ -382,4 +457,5 @@ document.addEventListener("drop", (e) => {
   analyzeFile(e.dataTransfer.files[0]);
 });
 loadModelInfo();
+loadExamples();
 window.ferflowDemo = { iou, emaWeight, Tracker, timeline };

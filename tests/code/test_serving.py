@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.metadata
 import io
 import json
 import os
@@ -195,6 +196,7 @@ def auth_server(model_path: Path, tmp_path_factory) -> Iterator[Server]:
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     home = tmp_path_factory.mktemp("auth")  # its own BentoML home: /metrics not shared with `server`
     env = _env(model_path, FERFLOW_API_KEY=API_KEY, BENTOML_HOME=str(home / "bentoml"), **AUTH_LIMITS)
+    env["FERFLOW_EXAMPLES_DIR"] = str(home / "no-examples")  # absent: the demo's fallback
     srv = _start(cmd, env, port, home / "server.log")
     yield srv
     _stop(srv)
@@ -339,6 +341,78 @@ def test_probes_metrics_docs(server: Server) -> None:
     )
 
 
+def _resolve(spec: dict, schema: dict) -> dict:
+    """``schema`` with its ``$ref`` to the document's components followed."""
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def test_api_docs_describe_ferflow_and_its_answers(server: Server) -> None:
+    spec = server.get("/docs.json").json()
+    info = spec["info"]
+    assert info["title"] == "ferflow" and info["version"] == importlib.metadata.version("ferflow")
+    assert not any(w in json.dumps(info).lower() for w in ("bentoml", "slack", "twitter", "contact")), info
+    ok = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]
+    body = _resolve(spec, ok["schema"])
+    face = _resolve(spec, body["properties"]["faces"]["items"])["properties"]
+    assert face["box"]["type"] == "array" and face["box"]["items"] == {"type": "integer"}
+    assert face["box"]["minItems"] == face["box"]["maxItems"] == 4
+    assert face["scores"]["type"] == "object" and face["scores"]["additionalProperties"]["type"] == "number"
+    assert face["label"]["type"] == "string"
+    assert _resolve(spec, body["properties"]["model"])["type"] == "object"
+    example = ok["example"]["faces"][0]  # what Swagger UI shows instead of "string"
+    assert len(example["box"]) == 4 and example["label"] == max(example["scores"], key=example["scores"].get)
+    answers = [("/predict_batch", "post", "200"), ("/classify", "post", "200"), ("/model", "get", "200")]
+    answers += [("/analyze_video", "post", "202"), ("/analyze_video/status", "get", "200")]
+    answers += [("/analyze_video/get", "get", "200"), ("/analyze_video/cancel", "put", "200")]
+    for path, method, code in answers:
+        content = spec["paths"][path][method]["responses"][code]["content"]["application/json"]
+        assert _resolve(spec, content["schema"])["properties"], (path, content)
+    error = spec["paths"]["/predict"]["post"]["responses"]["415"]["content"]["application/json"]["schema"]
+    assert set(_resolve(spec, error)["properties"]) == {"error", "status", "type"}
+    assert "/classify_batch" not in spec["paths"]  # internal; it still answers (see its own test)
+    assert not [name for name in spec["components"]["schemas"] if "classify_batch" in name]
+    assert {"/livez", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert server.get("/openapi.json").json() == spec
+    for path in ("/docs", "/"):  # Swagger UI of ./docs.json, served from this server (offline)
+        page = server.get(path)
+        assert page.status_code == 200 and "./docs.json" in page.text, path
+        assert "googletagmanager" not in page.text and "ferflow" in page.text
+    assert server.get("/swagger-ui/swagger-ui-bundle.js").status_code == 200
+
+
+@pytest.mark.parametrize("uri", ["models:/nope@x", "absent.onnx"])
+def test_a_server_that_cannot_load_its_model_exits(uri: str, tmp_path: Path) -> None:
+    """``bentoml serve`` itself (no CLI pre-flight): exit status 1 with the reason in one line,
+    instead of a worker restarted forever."""
+    extra = {"FERFLOW_MODEL_URI": uri, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    if not uri.startswith("models:/"):
+        extra = {"FERFLOW_MODEL_URI": str(tmp_path / uri)}
+    env = _env(tmp_path / "unused.onnx", BENTOML_HOME=str(tmp_path / "bentoml"), **extra)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:FERService"]
+    cmd += ["--host", "127.0.0.1", "--port", str(_free_port())]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        pytest.fail(f"still running after 60 s:\n{log.read_text()[-3000:]}")
+    lines = log.read_text().splitlines()
+    assert proc.returncode == 1, lines[-20:]
+    reasons = [line for line in lines if "ferflow: cannot start:" in line]
+    assert reasons and uri in reasons[0] and "stopping the server" in reasons[0], lines
+    assert len(lines) <= 20, lines  # no respawn loop, no tracebacks
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left behind
+        os.killpg(proc.pid, 0)
+
+
 def test_predict_real_photos(server: Server, photos_dir: Path, classes: list[str]) -> None:
     found = 0
     photos = _photos(photos_dir, 12)
@@ -470,8 +544,10 @@ def test_bad_input_gets_a_json_4xx_and_the_server_stays_up(server: Server, photo
 def test_limits_and_api_key(auth_server: Server, photos_dir: Path) -> None:
     jpeg = _square_photos(photos_dir, 1)[0].read_bytes()
     ok = {"Authorization": f"Bearer {API_KEY}"}
-    for path in ("/livez", "/healthz", "/readyz", "/metrics", "/demo", "/static/demo.js", "/docs.json"):
+    open_paths = ("/livez", "/healthz", "/readyz", "/metrics", "/demo", "/static/demo.js", "/docs.json")
+    for path in (*open_paths, "/openapi.json", "/examples", "/"):
         assert auth_server.get(path).status_code == 200, path  # open without a key
+    assert auth_server.get("/examples").json() == {"examples": []}  # FERFLOW_EXAMPLES_DIR absent
     for path in ("/predict", "/classify", "/predict_batch", "/classify_batch"):
         _assert_error(auth_server.post(path, **_files(jpeg)), {401}, "missing API key")
         r = auth_server.post(path, **_files(jpeg), headers={"Authorization": "Bearer nope"})
@@ -587,6 +663,26 @@ TIMELINE_COLOURS = """() => {
 }"""
 
 
+# Images the page shows without a picture: no src, or a src that failed (the broken-image icon).
+BROKEN_IMAGES = """() => [...document.images]
+  .filter((i) => i.getClientRects().length && (!i.getAttribute('src') || (i.complete && !i.naturalWidth)))
+  .map((i) => i.id || i.alt)"""
+
+# Each face tag's rectangle against the photo frame's: true when it lies inside.
+TAGS_INSIDE = """() => {
+  const f = document.getElementById('frame').getBoundingClientRect();
+  return [...document.querySelectorAll('#overlay .tag')].map((t) => {
+    const r = t.getBoundingClientRect();
+    const e = 0.5;
+    return r.left >= f.left - e && r.right <= f.right + e && r.top >= f.top - e && r.bottom <= f.bottom + e;
+  });
+}"""
+
+
+# An example's result is on the page: its JSON is offered for download.
+EXAMPLE_SHOWN = "(name) => ((d) => !d.hidden && d.download === name)(document.getElementById('download'))"
+
+
 def _fake_camera_y4m(video: Path, out: Path, max_frames: int = 72) -> Path:
     """The frames of ``video`` as a raw Y4M (4:2:0) clip, Chromium's fake camera input (looped)."""
     import cv2
@@ -609,7 +705,9 @@ def _fake_camera_y4m(video: Path, out: Path, max_frames: int = 72) -> Path:
     return out
 
 
-def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path, tmp_path: Path) -> None:
+def test_demo_page_in_headless_chromium(
+    server: Server, auth_server: Server, photos_dir: Path, tmp_path: Path
+) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM} (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -631,6 +729,9 @@ def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path, tmp_pa
 
             page.goto(server.url + "/demo")
             page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
+            page.wait_for_selector("#example-list button img")
+            assert page.evaluate(BROKEN_IMAGES) == [] and page.locator("#stage").is_hidden()
+            assert page.locator("#download").is_hidden()
             page.set_input_files("#file", str(photo))
             page.wait_for_selector("#overlay .box", timeout=30_000)
             boxes = page.locator("#overlay .box")
@@ -645,6 +746,12 @@ def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path, tmp_pa
             assert card.locator(".bar").count() == n_classes
             assert "1 face" in page.locator("#status").text_content()
             assert page.locator("#live").is_hidden() and box_smooth(page) is None
+            # the result as a JSON file: the server's answer for this photo
+            with page.expect_download() as download:
+                page.click("#download")
+            assert download.value.suggested_filename == f"{photo.stem}.ferflow.json"
+            saved = json.loads(Path(download.value.path()).read_text())
+            assert saved == server.post("/predict", **_files(photo.read_bytes(), photo.name)).json()
 
             # the tracker and the moving average on known inputs (tau 0.5 s, IoU >= 0.3, 1 s gap)
             steps = page.evaluate(DEMO_TRACKER_STEPS)
@@ -692,6 +799,30 @@ def test_demo_page_in_headless_chromium(server: Server, photos_dir: Path, tmp_pa
             page.set_input_files("#file", [{"name": "x.png", "mimeType": "image/png", "buffer": b"text"}])
             page.wait_for_function("document.getElementById('status').classList.contains('error')")
             assert "not a JPEG" in page.locator("#status").text_content()
+            assert page.evaluate(BROKEN_IMAGES) == [] and page.locator("#stage").is_hidden()
+            assert page.locator("#download").is_hidden()
+
+            # example photos (from the shared folder): each button analyses its photo; a small
+            # one is shown at least 320 px on its longer side with its face tags inside it
+            examples = page.locator("#example-list button")
+            names = [examples.nth(i).get_attribute("data-example") for i in range(examples.count())]
+            assert 3 <= len(names) <= 4 and page.locator("#no-examples").is_hidden()
+            for i, name in enumerate(names):
+                examples.nth(i).click()
+                stem = name.rsplit(".", 1)[0]
+                page.wait_for_function(EXAMPLE_SHOWN, arg=f"{stem}.ferflow.json")
+                assert page.locator("#overlay .box").count() >= 1, name
+                assert page.evaluate(TAGS_INSIDE) == [True] * page.locator("#overlay .tag").count(), name
+                shown = page.locator("#photo").bounding_box()
+                natural = Image.open(photos_dir / name).size
+                assert max(shown["width"], shown["height"]) >= min(320, max(natural)) - 1, (name, shown)
+            assert min(Image.open(photos_dir / n).size[0] for n in names) < 160  # a small one was shown
+
+            # a server without the example folder says so
+            other = browser.new_page()
+            other.goto(auth_server.url + "/demo")
+            other.wait_for_selector("#no-examples:not([hidden])")
+            assert other.locator("#example-list button").count() == 0 and other.evaluate(BROKEN_IMAGES) == []
             assert not errors, errors
         finally:
             browser.close()
