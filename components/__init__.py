@@ -55,15 +55,24 @@ def pull_and_ingest(
     drop_bad_votes: bool,
     min_class_count: int,
     dataset: Output[Dataset],
-    data_docs: Output[HTML],
+    data_docs: Output[Artifact],
+    gate_report: Output[HTML],
     metrics: Output[Metrics],
 ):
-    """DVC pull + ingest + Great Expectations gate. Raises (fails the run) when the gate fails."""
+    """DVC pull + ingest + Great Expectations gate. Raises (fails the run) when the gate fails.
+
+    ``data_docs``: the Data Docs folder (``index.html``, every run's page, ``summary.json``; one
+    folder per source). ``gate_report``: one self-contained HTML file with each source's run,
+    what the KFP UI shows; written whether the gate passes or not."""
+    from ferflow.datadocs import bundle
     from ferflow.pipeline import ingest_config, log_metrics, pull_and_ingest_step
 
     config = ingest_config(source_format, class_set, leakage, drop_bad_votes, min_class_count)
     data_docs.metadata["index"] = "index.html"
-    out = pull_and_ingest_step(source, version, config, dataset.path, data_docs.path, sources)
+    try:
+        out = pull_and_ingest_step(source, version, config, dataset.path, data_docs.path, sources)
+    finally:
+        bundle(data_docs.path, gate_report.path)
     dataset.metadata.update(out["dataset"])
     log_metrics(metrics, out["metrics"])
 

@@ -426,7 +426,9 @@ def ingest_to_memory(
     name = name or src.stem
     records = read_source(src, config.source_format, progress, config.detect_faces)
     table = build_table(records, config.label_scheme, class_set, SourceFormat(config.source_format), str(src))
-    report, keep = run_gate(table, class_set, config.gate, report_dir)
+    report, keep = run_gate(
+        table, class_set, config.gate, report_dir, source_name=name, version=dvc_version_of(src)
+    )
     if not report.passed:
         raise GateFailed(report)
     splits = _kept_splits(table, keep, name)

@@ -449,16 +449,22 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def track(result: dict[str, Any], files: Sequence[Path], run_id: str | None = None) -> str:
-    """Log the result to MLflow: into ``run_id`` (a training run) or a new ``ferflow-evaluate``
-    run. Returns the run id."""
+    """Log the result to MLflow: into ``run_id`` (a training run) or a new run
+    ``evaluate-<model>-<UTC time>`` of the ``ferflow-evaluate`` experiment. Returns the run id."""
     import mlflow
 
     from ferflow.config import Paths
+    from ferflow.tracking import run_name, use_experiment
 
     mlflow.set_tracking_uri(Paths().mlflow_uri)
+    name = None
     if run_id is None:
-        mlflow.set_experiment("ferflow-evaluate")
-    with mlflow.start_run(run_id=run_id) as run:
+        use_experiment("ferflow-evaluate")
+        model = Path(str(result["model"]))  # models:/ferflow@champion, or a file (its folder names it)
+        label = model.parent.name if model.stem == "model" else model.stem
+        version = result.get("version")
+        name = run_name("evaluate", label, f"v{version}" if version else None)
+    with mlflow.start_run(run_id=run_id, run_name=name) as run:
         if run_id is None:
             mlflow.set_tags({"model": str(result["model"]), "model_version": str(result.get("version", ""))})
         mlflow.log_metrics(flat_metrics(result))

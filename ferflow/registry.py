@@ -37,6 +37,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
 MODEL_ARTIFACT = "model"  # the ONNX model logged by ferflow.train
+CARD_ARTIFACT = "MODEL_CARD.md"  # the model card logged by ferflow.train: a version's description
+DESCRIPTION_MAX = 5000  # characters MLflow stores in a model version's description
 INFRA_FACES = 16  # real evaluation faces sent through the serving path
 
 
@@ -99,7 +101,8 @@ def register(
     """Register the ONNX model of training run ``run_id`` and make it the challenger.
 
     Tags copied from the run: dataset md5, git commit, model name, label scheme, and the
-    run's test/tune metrics, so ``ferflow registry list`` compares versions at a glance.
+    run's test/tune metrics, so ``ferflow registry list`` compares versions at a glance. The
+    version's description is the run's model card (:func:`version_description`).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -125,8 +128,47 @@ def register(
     }
     tags |= {k: f"{v:.6f}" for k, v in run.data.metrics.items() if k.startswith(("test_", "tune_"))}
     version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", cfg.model_name, tags=tags)
+    description = version_description(c, run)
+    c.update_model_version(cfg.model_name, str(version.version), description=description)
     c.set_registered_model_alias(cfg.model_name, CHALLENGER, str(version.version))
-    return version
+    return c.get_model_version(cfg.model_name, str(version.version))
+
+
+def version_description(c: MlflowClient, run: Any) -> str:
+    """A registered version's description: the run's model card (MODEL_CARD.md, cut at a line to
+    fit MLflow's 5,000 characters, pointing at the full card), or, for a run that logged no card,
+    what the run's tags and metrics say about it."""
+    run_id = run.info.run_id
+    card = _read_card(c, run_id)
+    if card is None:
+        tags, metrics = run.data.tags, run.data.metrics
+        lines = [
+            f"ferflow model `{tags.get('model', '?')}` from MLflow run `{run_id}` "
+            f"({run.info.run_name or 'unnamed'}); this run logged no model card.",
+            f"- dataset md5: `{tags.get('dataset_md5', 'unknown')}`",
+            f"- git commit: `{tags.get('git_commit', '?')}`",
+        ]
+        lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("test_", "tune_"))]
+        return "\n".join(lines)
+    if len(card) <= DESCRIPTION_MAX:
+        return card
+    tail = f"\n\n… cut to fit; the full card is the run's artifact `runs:/{run_id}/{CARD_ARTIFACT}`."
+    head = card[: DESCRIPTION_MAX - len(tail)]
+    return head[: head.rfind("\n")] + tail
+
+
+def _read_card(c: MlflowClient, run_id: str) -> str | None:
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    if CARD_ARTIFACT not in {a.path for a in c.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ferflow-card-") as tmp:
+        try:
+            return Path(c.download_artifacts(run_id, CARD_ARTIFACT, tmp)).read_text()
+        except (MlflowException, OSError):
+            return None
 
 
 def model_path(name: str, ref: str, tracking_uri: str | None = None) -> Path:

@@ -15,9 +15,11 @@
 4. **evaluate + export**: ONNX export (int8 kept only if it costs ≤ 0.5 accuracy points on
    the tuning split), scored with :mod:`ferflow.evaluate` through the same ONNX predictor
    ``ferflow evaluate`` uses, so the recorded numbers are reproducible without TensorFlow;
-5. **track**: an MLflow run with parameters, per-epoch metrics, dataset md5 and git commit
-   tags, learning curves, normalised confusion matrix, per-class metrics, the Keras model
-   and the ONNX model.
+5. **track**: an MLflow run named ``train-<recipe>-<model>-<UTC time>`` in an experiment
+   tagged as model development (:mod:`ferflow.tracking`), with parameters, per-epoch metrics,
+   the data as logged inputs (digest: the DVC version), dataset md5 and git commit tags,
+   learning curves, normalised confusion matrix, per-class metrics, the model card, the Keras
+   model and the ONNX model.
 """
 
 from __future__ import annotations
@@ -648,6 +650,7 @@ def train(
     verbose: int | None = None,
     checkpoint: bool = True,
     save: bool = True,
+    recipe: str | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``dataset`` (canonical dir, opened dataset, or (splits, meta)).
 
@@ -660,6 +663,8 @@ def train(
     ``checkpoint=False`` writes no per-epoch checkpoint and no best weights: the run cannot be
     resumed and ends with its last weights. ``save=False`` writes neither model.keras nor the
     learning-curve plot; it cannot be combined with ``export`` or ``track``, which need the model.
+    ``recipe`` (the recipe's name, e.g. ``smoke``) goes into the MLflow run name
+    ``train-<recipe>-<model>-<UTC time>``; a tracked, exported run logs its MODEL_CARD.md.
     """
     if resume and not checkpoint:
         raise ValueError("resume=True needs checkpoint=True: there is nothing to resume from")
@@ -668,7 +673,7 @@ def train(
     device = configure_device(cfg.precision)
     data = prepare_data(cfg, dataset, steps_per_epoch, limit_train)
     run_dir, state = open_run(cfg, run_dir, resume)
-    mlflow_run = start_tracking(cfg, data, state.get("mlflow_run_id"), device) if track else None
+    mlflow_run = start_tracking(cfg, data, state.get("mlflow_run_id"), device, recipe) if track else None
     state.update(config=_flat_params(cfg), mlflow_run_id=mlflow_run)
     _save_state(run_dir, state)
     try:
@@ -695,19 +700,35 @@ def train(
         plot_learning_curves(history, run_dir / "learning_curves.png", title=cfg.model)
     metrics, onnx_path, extras = export_and_score(cfg, model, data, run_dir) if export else ({}, None, {})
     train_seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
+    result = TrainResult(
+        run_dir, history, metrics, onnx_path, keras_path, mlflow_run, train_seconds, device, extras
+    )
+    if onnx_path is not None and (export_dir or track):
+        write_card(result, cfg, data.meta, Path(export_dir) if export_dir else None)
     if track:
         summary_extras = {**extras, "train_seconds": train_seconds}
         finish_tracking(
             cfg, run_dir, metrics, summary_extras, model, keras_path, onnx_path, data.tune.pixels[:8]
         )
-    result = TrainResult(
-        run_dir, history, metrics, onnx_path, keras_path, mlflow_run, train_seconds, device, extras
-    )
-    if export_dir and onnx_path is not None:
-        from ferflow.export import write_reference
-
-        write_reference(result, cfg, data.meta, Path(export_dir))
     return result
+
+
+def write_card(result: TrainResult, cfg: TrainConfig, meta: dict[str, Any], export_dir: Path | None) -> Path:
+    """MODEL_CARD.md in the run folder (what MLflow logs); with ``export_dir`` also the reference
+    files there (model.onnx, metrics.json, MODEL_CARD.md)."""
+    import tempfile
+
+    from ferflow.export import write_reference
+
+    card = result.run_dir / "MODEL_CARD.md"
+    if export_dir is not None:
+        write_reference(result, cfg, meta, export_dir)
+        shutil.copyfile(export_dir / "MODEL_CARD.md", card)
+        return card
+    with tempfile.TemporaryDirectory(prefix="ferflow-card-") as tmp:
+        write_reference(result, cfg, meta, Path(tmp))
+        shutil.copyfile(Path(tmp) / "MODEL_CARD.md", card)
+    return card
 
 
 # ----------------------------------------------------------------------------------------
@@ -840,13 +861,20 @@ def _write_scores(cfg: TrainConfig, metrics: dict[str, Any], classes: list[str],
 # tracking (MLflow)
 
 
-def start_tracking(cfg: TrainConfig, data: TrainingData, run_id: str | None, device: DeviceInfo) -> str:
-    """Start (or, with the run id of an interrupted run, reopen) the run's MLflow run."""
+def start_tracking(
+    cfg: TrainConfig, data: TrainingData, run_id: str | None, device: DeviceInfo, recipe: str | None = None
+) -> str:
+    """Start (or, with the run id of an interrupted run, reopen) the run's MLflow run: named
+    ``train-<recipe>-<model>-<UTC time>``, in an experiment tagged as model development, with
+    the recipe as parameters and the data as logged inputs (digest: the DVC version)."""
     import mlflow
 
+    from ferflow.tracking import log_dataset_inputs, run_name, use_experiment
+
     mlflow.set_tracking_uri(Paths().mlflow_uri)
-    mlflow.set_experiment(cfg.experiment)
-    run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    use_experiment(cfg.experiment)
+    name = None if run_id else run_name("train", recipe, cfg.model)
+    run = mlflow.start_run(run_id=run_id, run_name=name, log_system_metrics=False)
     if run_id:
         return run.info.run_id
     mlflow.log_params(
@@ -867,8 +895,13 @@ def start_tracking(cfg: TrainConfig, data: TrainingData, run_id: str | None, dev
             "device": device.describe(),
             "model": cfg.model,
             "label_scheme": LabelScheme(cfg.label_scheme).value,
+            **({"recipe": recipe} if recipe else {}),
         }
     )
+    inputs = {"training": (data.fit, "train"), "validation": (data.tune, "train-tuning-split")}
+    if data.test is not None:
+        inputs["testing"] = (data.test, "valid")
+    log_dataset_inputs(inputs, data.meta, data.name)
     return run.info.run_id
 
 
@@ -903,6 +936,7 @@ def finish_tracking(
     mlflow.set_tag("onnx_precision", extras.get("onnx_precision", "none"))
     mlflow.set_tag("tta", extras.get("tta", TestTimeAugmentation(cfg.tta).value))
     for name in (
+        "MODEL_CARD.md",
         "learning_curves.png",
         "confusion_matrix.png",
         "robustness.png",
@@ -952,14 +986,21 @@ def plot_learning_curves(history: list[dict[str, float]], path: Path, title: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] + 1 for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key in zip(axes, ("loss", "accuracy", "lr"), strict=True):
-        ax.plot(epochs, [h.get(key, np.nan) for h in history], label=f"train {key}")
+        # markers: a one-epoch run is a single point, which a line alone does not draw
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=f"train {key}")
         if f"val_{key}" in history[0]:
-            ax.plot(epochs, [h.get(f"val_{key}", np.nan) for h in history], label=f"tune {key}")
+            values = [h.get(f"val_{key}", np.nan) for h in history]
+            ax.plot(epochs, values, marker="s", label=f"tune {key}")
         ax.set_xlabel("epoch")
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)  # whole epochs; one epoch gets its own tick, not a float scale
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()

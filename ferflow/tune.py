@@ -12,9 +12,12 @@
    trains :func:`ferflow.train.train` on Train minus the tuning split, and reports the
    tuning-split accuracy after every epoch to the pruner; a pruned trial stops training at the
    end of that epoch. Exceptions and NaN losses mark the trial failed; the study goes on.
-   Each trial is a nested MLflow run with its parameters and per-epoch curve;
+   Each trial prints one line per epoch and is a nested MLflow run (``tune-trial-<N>`` under
+   ``tune-<study>-<UTC time>``, in an experiment tagged as model development) with its
+   parameters and per-epoch curve;
 3. **finalize**: :func:`finalize_study` puts the best parameters, optimisation-history,
-   intermediate-values and parameter-importance plots and the trials table on the parent run.
+   intermediate-values and parameter-importance plots, the trials table and study_report.html
+   (plots and trials in one self-contained page) on the parent run.
 
 The dataset's ``valid`` split is the test set: only ``train`` is ever loaded here.
 :func:`best_train_config` turns the study's best trial into the final ``TrainConfig``
@@ -348,15 +351,20 @@ class _Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from ferflow.tracking import EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT, mark_experiment
+
         self.client = MlflowClient(tracking_uri=Paths().mlflow_uri)
         exp = self.client.get_experiment_by_name(cfg.experiment)
         if exp is None:
             try:
-                self.experiment_id = self.client.create_experiment(cfg.experiment)
+                self.experiment_id = self.client.create_experiment(
+                    cfg.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
+                )
             except mlflow.exceptions.MlflowException:  # another worker created it meanwhile
                 self.experiment_id = self.client.get_experiment_by_name(cfg.experiment).experiment_id
         else:
             self.experiment_id = exp.experiment_id
+            mark_experiment(self.client, self.experiment_id)
 
     def parent(self, study, cfg: TuneConfig) -> str:
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
@@ -365,9 +373,11 @@ class _Tracker:
                 if self.client.get_run(run_id).info.run_id == run_id:
                     self.client.update_run(run_id, status="RUNNING")
                     return run_id
+        from ferflow.tracking import run_name
+
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"study {study.study_name}",
+            run_name=run_name("tune", study.study_name),
             tags={"optuna.study": study.study_name, "optuna.storage": redact(cfg.storage_url)},
         )
         run_id = run.info.run_id
@@ -390,7 +400,7 @@ class _Tracker:
     def trial(self, parent_id: str, study_name: str, number: int, params: dict[str, Any], extra: dict) -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial {number}",
+            run_name=f"tune-trial-{number}",
             tags={"mlflow.parentRunId": parent_id, "optuna.study": study_name, "optuna.trial": str(number)},
         )
         self.log_params(run.info.run_id, {**params, **extra})
@@ -508,8 +518,11 @@ class Objective:
             )
             trial.set_user_attr("mlflow_run_id", run_id)
         tracker = self._tracker
+        progress = _EpochProgress(self.worker, trial.number, self.cfg.epochs) if self.verbose else None
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            if progress:
+                progress(epoch, logs)
             if tracker and run_id:
                 tracker.log_metrics(run_id, {k: v for k, v in logs.items() if math.isfinite(v)}, step=epoch)
 
@@ -566,6 +579,21 @@ class Objective:
                     flush=True,
                 )
             keras.backend.clear_session()
+
+
+class _EpochProgress:
+    """One line per epoch of a trial: the worker, trial, epoch of its budget, losses, tuning
+    accuracy and the epoch's seconds (a trial can take minutes; the study is not silent)."""
+
+    def __init__(self, worker: int, trial: int, epochs: int) -> None:
+        self.prefix, self.epochs, self.last = f"[worker {worker}] trial {trial}", epochs, time.perf_counter()
+
+    def __call__(self, epoch: int, logs: dict[str, float]) -> None:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        shown = [f"{key} {logs[key]:.4f}" for key in ("loss", "val_loss", "val_accuracy") if key in logs]
+        text = ", ".join(shown).replace("val_accuracy", "tune acc").replace("val_loss", "tune loss")
+        print(f"{self.prefix} epoch {epoch + 1}/{self.epochs}: {text} ({seconds:.1f} s)", flush=True)
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -852,7 +880,8 @@ def finalize_study(cfg: TuneConfig, out_dir: str | Path | None = None) -> TuneRe
 
 
 def write_study_report(study, out: Path) -> dict[str, Path]:
-    """best_params.json, trials.csv and the plots (PNG) that have enough trials to draw."""
+    """best_params.json, trials.csv, the plots (PNG) that have enough trials to draw, and
+    study_report.html (the plots and a table of every trial in one self-contained page)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -899,7 +928,74 @@ def write_study_report(study, out: Path) -> dict[str, Path]:
             files[name] = path
         except (ValueError, RuntimeError) as exc:  # e.g. importances need ≥ 2 distinct values
             print(f"note: no {name} plot: {exc}", flush=True)
+    files["report"] = write_study_html(summary, trials, files, out / "study_report.html")
     return files
+
+
+_PLOT_TITLES = {
+    "optimization_history": "Optimisation history",
+    "intermediate_values": "Tuning accuracy per epoch (intermediate values)",
+    "param_importances": "Parameter importances",
+}
+_HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}"
+    "table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #d1d9e0;padding:4px 8px}"
+    "th{background:#eef1f4}tr.best{background:#dafbe1}img{max-width:100%;border:1px solid #d1d9e0}"
+)
+
+
+def write_study_html(
+    summary: dict[str, Any], trials: Sequence[Any], plots: dict[str, Path], path: Path
+) -> Path:
+    """study_report.html: one self-contained page (the plots inline as PNG, no script, nothing
+    fetched) with the best trial, every trial's state, value, epochs and parameters, and the plots.
+    Plotly, which Optuna's interactive plots need, is not a ferflow dependency."""
+    import base64
+    import html
+
+    e = html.escape
+    names = sorted({k for t in trials for k in t.params})
+    head = "".join(f"<th>{e(h)}</th>" for h in ["trial", "state", "value", "epochs", "seconds", *names])
+    rows = []
+    for t in trials:
+        cells = [
+            str(t.number) + (" (baseline)" if t.user_attrs.get(BASELINE_ATTR) else ""),
+            t.state.name,
+            "" if t.value is None else f"{t.value:.4f}",
+            str(t.user_attrs.get("epochs_run", "")),
+            str(t.user_attrs.get("seconds", "")),
+            *[_cell(t.params.get(n)) for n in names],
+        ]
+        best = ' class="best"' if t.number == summary["best_trial"] else ""
+        rows.append(f"<tr{best}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    figures = [
+        f'<h2>{e(_PLOT_TITLES.get(name, name))}</h2><img alt="{e(name)}" src="data:image/png;base64,'
+        + base64.b64encode(file.read_bytes()).decode()
+        + '">'
+        for name, file in plots.items()
+        if file.suffix == ".png"
+    ]
+    best = summary["best_trial"]
+    verdict = "no completed trial yet" if best is None else f"best trial {best}: {summary['best_value']:.4f}"
+    if summary.get("baseline_value") is not None:
+        verdict += f"; untuned baseline {summary['baseline_value']:.4f}"
+    states = ", ".join(f"{n} {k.lower()}" for k, n in summary["states"].items() if n)
+    body = (
+        f"<h1>Optuna study {e(summary['study'])}</h1><p>{len(trials)} trials ({e(states)}); {e(verdict)} "
+        "(tuning-split accuracy).</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>{''.join(figures)}"
+    )
+    path.write_text(
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Optuna study '
+        f"{e(summary['study'])}</title><style>{_HTML_STYLE}</style></head><body>{body}</body></html>\n"
+    )
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def best_train_config(

@@ -2,16 +2,21 @@
 
 Row-level problems that a documented policy may resolve (cross-split duplicates, vote rows of
 the wrong size) are dropped first when the policy says so and listed in the report; every
-remaining problem fails the gate and is named by file. The gate writes GX Data Docs (HTML)
-and ``summary.json`` into its report folder and nothing else.
+remaining problem fails the gate and is named by file. Each run has a name
+(``ingest-<source>-<data version>-<UTC time>``), its GX assets are named after the source, and
+every expectation carries a note saying what it checks. The gate writes Data Docs (self-contained
+HTML rendered from the GX results, :mod:`ferflow.datadocs`) and ``summary.json`` into its report
+folder and nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +65,8 @@ class GateReport:
         return None if self.report_dir is None else self.report_dir / "data_docs" / "index.html"
 
     def human(self) -> str:
-        lines = [f"data gate: {'PASSED' if self.passed else 'FAILED'}"]
         s = self.summary
+        lines = [f"data gate: {'PASSED' if self.passed else 'FAILED'} (run {s.get('run_name', '-')})"]
         lines.append(
             f"  {s['n_rows']} images read, {s['n_kept']} kept; "
             f"{s['duplicates']['within_split_copies']} within-split duplicate copies, "
@@ -125,120 +130,190 @@ def _leak_partner(frame: pd.DataFrame, index: list[int]) -> list[str]:
 class Check:
     name: str
     description: str
-    expectation: Any  # a gx.expectations.Expectation
+    expectation: Any  # a gx.expectations.Expectation, its ``notes`` set to ``note``
     table: str = "images"  # "images" or "classes"
+    note: str = ""  # what the expectation means, for a person reading the Data Docs
+
+
+def _check(name: str, description: str, note: str, expectation: Any, table: str = "images") -> Check:
+    """A check whose GX expectation carries its note and name (rendered in the Data Docs)."""
+    expectation.notes = note
+    expectation.meta = {"check": name, "description": description}
+    return Check(name, description, expectation, table, note)
 
 
 def build_checks(class_set: ClassSet, gate: GateConfig, fixed_size: bool) -> list[Check]:
     import great_expectations as gx
 
     e = gx.expectations
+    n = FERPLUS_ANNOTATORS
     checks = [
-        Check(
+        _check(
             "readable",
             "file exists and decodes as an image",
+            "Every listed image file exists and decodes as an image (for a photo: a face was found "
+            "in it). Truncated, corrupt, missing and non-image files fail.",
             e.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
         ),
-        Check(
+        _check(
             "not_blank",
             f"pixel std >= {gate.min_pixel_std} (not blank or constant)",
+            f"Every image varies: the standard deviation of its pixels is at least {gate.min_pixel_std}. "
+            "A blank or constant image shows no face.",
             e.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=gate.min_pixel_std),
         ),
-        Check(
+        _check(
             "vote_sum",
-            f"vote counts are integers summing to {FERPLUS_ANNOTATORS} annotators",
-            e.ExpectColumnValuesToBeInSet(column="vote_sum", value_set=[FERPLUS_ANNOTATORS]),
+            f"vote counts are integers summing to {n} annotators",
+            f"Every FERPlus row has integer votes from its {n} annotators, so they sum to {n}; "
+            "a row that does not is malformed. Sources without votes have no value here.",
+            e.ExpectColumnValuesToBeInSet(column="vote_sum", value_set=[n]),
         ),
-        Check(
+        _check(
             "label_in_class_set",
             f"label is one of {list(class_set.classes)}",
+            f"Every image's label is one of the {len(class_set.classes)} classes of the "
+            f"{class_set.name} class set: {', '.join(class_set.classes)}.",
             e.ExpectColumnValuesToBeInSet(column="label", value_set=list(class_set.classes)),
         ),
-        Check(
+        _check(
             "no_leakage",
             "an image (by content hash) appears in one split only",
+            "No image appears in more than one split: images are compared by a hash of their pixels, "
+            "and the number of splits holding each image must be 1. An image in both train and a "
+            "held-out split would score the model on a picture it trained on.",
             e.ExpectColumnValuesToBeInSet(column="hash_splits", value_set=[1]),
         ),
-        Check(
+        _check(
             "no_unknown_split",
             "split is one of train/valid/test",
+            "Every image belongs to the train, valid or test split.",
             e.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "valid", "test"]),
         ),
-        Check(
+        _check(
             "class_min_count",
             f"every class has >= {gate.min_class_count} training images",
+            f"Every class has at least {gate.min_class_count} training images"
+            + ("." if gate.require_every_class else " (among the classes this source has)."),
             e.ExpectColumnValuesToBeBetween(column="count", min_value=gate.min_class_count),
             table="classes",
         ),
     ]
     if fixed_size:
-        checks += [
-            Check(
-                "width",
-                f"image is {IMAGE_SIZE} px wide",
-                e.ExpectColumnValuesToBeInSet(column="width", value_set=[IMAGE_SIZE]),
-            ),
-            Check(
-                "height",
-                f"image is {IMAGE_SIZE} px high",
-                e.ExpectColumnValuesToBeInSet(column="height", value_set=[IMAGE_SIZE]),
-            ),
-        ]
+        for name, word in (("width", "wide"), ("height", "high")):
+            checks.append(
+                _check(
+                    name,
+                    f"image is {IMAGE_SIZE} px {word}",
+                    f"Every image is {IMAGE_SIZE} pixels {word}, as this dataset layout requires.",
+                    e.ExpectColumnValuesToBeInSet(column=name, value_set=[IMAGE_SIZE]),
+                )
+            )
     return checks
 
 
 def _run_gx(
-    tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path | None
-) -> dict[str, dict[str, Any]]:
-    """Run the suite with GX; return per-check success and the offending row indices."""
+    tables: dict[str, pd.DataFrame], checks: list[Check], assets: dict[str, tuple[str, str]], run: GateRun
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Run the suite with GX under the run's name; return per-check success and the offending
+    row indices, and one record per validated asset (``assets``: table -> (name, description))."""
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    if docs_dir is not None:
-        context.add_data_docs_site(
-            site_name="ferflow",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir.resolve()),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-    source = context.data_sources.add_pandas("ferflow")
+    source = context.data_sources.add_pandas(f"ferflow-{run.source}")
+    run_id = RunIdentifier(run_name=run.name, run_time=run.time)
     outcome: dict[str, dict[str, Any]] = {}
+    validations: list[dict[str, Any]] = []
     for table_name, frame in tables.items():
+        asset_name, description = assets[table_name]
         table_checks = [c for c in checks if c.table == table_name]
-        asset = source.add_dataframe_asset(name=table_name)
-        batch = asset.add_batch_definition_whole_dataframe(f"{table_name}_all")
+        asset = source.add_dataframe_asset(name=asset_name)
+        batch = asset.add_batch_definition_whole_dataframe(f"{asset_name}.whole")
         suite = context.suites.add(gx.ExpectationSuite(name=f"ferflow_{table_name}"))
         for check in table_checks:
-            check.expectation.meta = {"check": check.name, "description": check.description}
             suite.add_expectation(check.expectation)
         validation = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"ferflow_{table_name}", data=batch, suite=suite)
         )
-        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir is not None else []
         checkpoint = context.checkpoints.add(
             gx.Checkpoint(
                 name=f"ferflow_{table_name}_gate",
                 validation_definitions=[validation],
-                actions=actions,
                 result_format={"result_format": "COMPLETE"},
             )
         )
-        result = checkpoint.run(batch_parameters={"dataframe": frame})
-        for run in result.run_results.values():
-            for r in run.results:
-                name = r.expectation_config.meta["check"]
-                outcome[name] = {
+        result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+        for suite_result in result.run_results.values():
+            record = _validation_record(suite_result, table_checks, asset_name, description)
+            validations.append(record | {"rows": len(frame)})
+            for r in suite_result.results:
+                outcome[r.expectation_config.meta["check"]] = {
                     "success": bool(r.success),
                     "unexpected_index_list": list(r.result.get("unexpected_index_list") or []),
                 }
-    return outcome
+    return outcome, validations
+
+
+def _validation_record(
+    suite_result: Any, checks: list[Check], asset: str, description: str
+) -> dict[str, Any]:
+    """One asset's validation as the Data Docs show it: each expectation with its note and result."""
+    by_name = {c.name: c for c in checks}
+    expectations = []
+    for r in suite_result.results:
+        config = r.expectation_config
+        check = by_name[config.meta["check"]]
+        found = r.result or {}
+        rule = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+        expectations.append(
+            {
+                "check": check.name,
+                "note": check.note,
+                "type": config.type,
+                "rule": ", ".join(f"{k}={v}" for k, v in rule.items()),
+                "success": bool(r.success),
+                "element_count": found.get("element_count"),
+                "unexpected_count": found.get("unexpected_count"),
+            }
+        )
+    return {
+        "asset": asset,
+        "description": description,
+        "suite": suite_result.suite_name,
+        "success": bool(suite_result.success),
+        "expectations": expectations,
+    }
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """The name a gate run goes by in GX, the Data Docs and summary.json."""
+
+    name: str
+    time: datetime
+    source: str
+    version: str | None
+
+
+def _gate_run(table: IngestTable, source_name: str | None, version: str | None, docs: Path | None) -> GateRun:
+    """``ingest-<source>-<data version>-<UTC time>``; without a DVC version, a digest of the images'
+    content hashes stands for it. A name already recorded in ``docs`` gets a counter."""
+    from ferflow.datadocs import RUNS, run_name
+
+    when = datetime.now(UTC)
+    source = source_name or Path(table.source_path).stem or "source"
+    if not version:
+        hashes = sorted(str(h) for h in table.frame["content_hash"].dropna())
+        version = "content-" + hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:12]
+    name = base = run_name(source, version, when)
+    k = 1
+    while docs is not None and (docs / RUNS / f"{name}.json").exists():
+        k += 1
+        name = f"{base}-{k}"
+    return GateRun(name, when, source, version)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,32 +325,35 @@ def run_gate(
     class_set: ClassSet,
     gate: GateConfig,
     report_dir: str | Path | None = None,
+    *,
+    source_name: str | None = None,
+    version: str | None = None,
 ) -> tuple[GateReport, np.ndarray]:
     """Check the table; return the report and the mask of rows to keep in the dataset.
 
-    Kept rows passed every check and carry a label of the class set under the scheme.
+    Kept rows passed every check and carry a label of the class set under the scheme. The run
+    is named ``ingest-<source_name>-<version>-<UTC time>`` (``version``: the data's DVC md5);
+    with ``report_dir`` it is recorded in the Data Docs there (:mod:`ferflow.datadocs`).
     """
     started = time.perf_counter()
     frame = table.frame
     report_path = Path(report_dir) if report_dir is not None else None
+    docs_dir = report_path / "data_docs" if report_path is not None else None
+    run = _gate_run(table, source_name, version, docs_dir)
     policy_drop, dropped = _policy_drops(frame, gate)
-
-    checked = frame[~policy_drop].copy()
-    hashed = checked["content_hash"].notna()
-    checked.loc[hashed, "hash_splits"] = checked[hashed].groupby("content_hash")["split"].transform("nunique")
-    usable = checked["label"].isin(class_set.classes)
-    class_counts = describe_counts(checked[usable], list(class_set.classes))
-    train_counts = class_counts.get("train") or next(iter(class_counts.values()), {})
-    classes_frame = pd.DataFrame(
-        {"class": list(class_set.classes), "count": [train_counts.get(c, 0) for c in class_set.classes]}
-    )
-    if not gate.require_every_class:  # a source may lack classes; those it has need enough images
-        classes_frame = classes_frame[classes_frame["count"] > 0].reset_index(drop=True)
+    checked, classes_frame = _gate_tables(frame, policy_drop, class_set, gate)
 
     checks = build_checks(class_set, gate, fixed_size=table.source_format in FIXED_SIZE_FORMATS)
     gx_images = checked.drop(columns=["error"]).reset_index(drop=True).astype({"label": "object"})
-    docs_dir = report_path / "data_docs" if report_path is not None else None
-    outcome = _run_gx({"images": gx_images, "classes": classes_frame}, checks, docs_dir)
+    assets = {
+        "images": (
+            f"{run.source}.images",
+            f"One row per image read from {table.source_path}: split, file, size, pixel statistics, "
+            "votes, label and content hash.",
+        ),
+        "classes": (f"{run.source}.classes", f"One row per class of {class_set.name}: its training images."),
+    }
+    outcome, validations = _run_gx({"images": gx_images, "classes": classes_frame}, checks, assets, run)
 
     original_index = checked.index.to_numpy()
     findings = _findings(checks, outcome, frame, original_index, classes_frame)
@@ -298,15 +376,70 @@ def run_gate(
         keep[list(failed_rows)] = False
 
     summary = _summary(table, class_set, gate, keep, n_dropped, checks, outcome, findings, dropped)
+    summary |= {"run_name": run.name, "data_version": run.version}
     summary["seconds"] = round(time.perf_counter() - started, 2)
     report = GateReport(
         passed=not findings, findings=findings, dropped=dropped, summary=summary, report_dir=report_path
     )
-    if report_path is not None:
+    if report_path is not None and docs_dir is not None:
         report_path.mkdir(parents=True, exist_ok=True)
         summary["passed"] = report.passed
         (report_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _write_docs(docs_dir, run, report, validations)
     return report, keep
+
+
+def _gate_tables(
+    frame: pd.DataFrame, policy_drop: pd.Series, class_set: ClassSet, gate: GateConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows the checks see (after the policies) and the per-class training counts."""
+    checked = frame[~policy_drop].copy()
+    hashed = checked["content_hash"].notna()
+    checked.loc[hashed, "hash_splits"] = checked[hashed].groupby("content_hash")["split"].transform("nunique")
+    usable = checked["label"].isin(class_set.classes)
+    class_counts = describe_counts(checked[usable], list(class_set.classes))
+    train_counts = class_counts.get("train") or next(iter(class_counts.values()), {})
+    classes_frame = pd.DataFrame(
+        {"class": list(class_set.classes), "count": [train_counts.get(c, 0) for c in class_set.classes]}
+    )
+    if not gate.require_every_class:  # a source may lack classes; those it has need enough images
+        classes_frame = classes_frame[classes_frame["count"] > 0].reset_index(drop=True)
+    return checked, classes_frame
+
+
+def _write_docs(docs_dir: Path, run: GateRun, report: GateReport, validations: list[dict[str, Any]]) -> None:
+    """Record the run in the Data Docs (self-contained HTML, see :mod:`ferflow.datadocs`)."""
+    import great_expectations as gx
+
+    from ferflow.datadocs import MAX_SHOWN, write_run
+
+    s = report.summary
+    findings = [
+        {
+            "check": f.check,
+            "description": f.description,
+            "count": f.count,
+            "sources": f.sources[:MAX_SHOWN],
+            "details": f.details[:MAX_SHOWN],
+        }
+        for f in report.findings
+    ]
+    record = {
+        "run_name": run.name,
+        "run_time": run.time.isoformat(),
+        "source": run.source,
+        "path": s["source"],
+        "source_format": s["source_format"],
+        "version": run.version,
+        "passed": report.passed,
+        "n_rows": s["n_rows"],
+        "n_kept": s["n_kept"],
+        "gx_version": gx.__version__,
+        "validations": validations,
+        "findings": findings,
+        "dropped": {reason: len(items) for reason, items in report.dropped.items()},
+    }
+    write_run(docs_dir, record)
 
 
 def _policy_drops(frame: pd.DataFrame, gate: GateConfig) -> tuple[pd.Series, dict[str, list[str]]]:

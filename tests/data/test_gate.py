@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import html
+import re
 import shutil
 from pathlib import Path
 
@@ -11,9 +13,17 @@ import pytest
 from PIL import Image
 
 from ferflow.canonical import open_dataset
-from ferflow.config import FERPLUS_DEFAULT_INGEST, GateConfig, IngestConfig, LeakagePolicy, SourceFormat
+from ferflow.config import (
+    FERPLUS_DEFAULT_INGEST,
+    GateConfig,
+    IngestConfig,
+    LeakagePolicy,
+    SourceFormat,
+    get_class_set,
+)
 from ferflow.data import IngestError, ingest, ingest_to_memory
-from ferflow.validate import GateFailed
+from ferflow.datadocs import bundle
+from ferflow.validate import GateFailed, build_checks
 
 pytestmark = pytest.mark.data
 
@@ -94,6 +104,10 @@ def test_real_ferplus_default_policy_passes_and_is_leak_free(real_result, data_v
     np.testing.assert_array_equal(train.label, train.votes[:, :8].argmax(axis=1))
     assert (train.votes.sum(axis=1) == 10).all()
     assert ds.meta["source_version"] == data_version
+    # the run is named after the source and the DVC version of the data
+    assert re.fullmatch(
+        rf"ingest-ferplus-{data_version[:12]}-\d{{8}}T\d{{6}}Z", result.report.summary["run_name"]
+    )
     assert sum(len(v) for v in result.report.dropped.values()) == result.report.summary["n_policy_dropped"]
     assert (report / "summary.json").is_file() and (report / "data_docs" / "index.html").is_file()
 
@@ -176,6 +190,53 @@ def test_drop_policy_removes_train_copy_and_keeps_valid(ferplus_dir: Path, tmp_p
     assert "FER2013Train/fer9999998.png" not in set(result.splits["train"].source)
     dropped = next(iter(result.report.dropped.values()))
     assert any(d.startswith("FER2013Train/fer9999998.png") for d in dropped)
+
+
+CDN = re.compile(r"<(?:script|link)\b[^>]*(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.IGNORECASE)
+
+
+def assert_offline_report(page: str, run: str, notes: list[str]) -> None:
+    """A Data Docs page that renders with no network and says what was checked, in words."""
+    assert not CDN.search(page), "a script or stylesheet is loaded from the network"
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "<style>" in page  # styled inline
+    text = html.unescape(page)
+    assert run in text
+    assert "ferplus.images" in text and "ferplus.classes" in text  # the named GX assets
+    for note in notes:
+        assert note in text
+
+
+def test_data_docs_render_offline_with_run_name_asset_and_notes(ferplus_dir: Path, tmp_path: Path) -> None:
+    src = copy_subset(ferplus_dir, tmp_path / "ferplus")
+    train = src / "FER2013Train"
+    broken = read_rows(train)[0][0]
+    good = (train / broken).read_bytes()
+    (train / broken).write_bytes(b"\x89PNG garbage")
+    report = tmp_path / "report"
+    with pytest.raises(GateFailed) as failed:
+        ingest_to_memory(src, IngestConfig(gate=LENIENT), report_dir=report, progress=False)
+    first = failed.value.report.summary["run_name"]
+    assert re.fullmatch(r"ingest-ferplus-content-[0-9a-f]{12}-\d{8}T\d{6}Z", first)  # no DVC pointer
+    (train / broken).write_bytes(good)
+    second = ingest_to_memory(src, IngestConfig(gate=LENIENT), report_dir=report, progress=False)
+    run = second.report.summary["run_name"]
+    assert run != first
+
+    notes = [c.note for c in build_checks(get_class_set("ferplus8"), LENIENT, fixed_size=True)]
+    assert len(set(notes)) == len(notes) and all(len(n) > 40 for n in notes)
+    docs = report / "data_docs"
+    index = (docs / "index.html").read_text()
+    assert_offline_report(index, run, notes)
+    # the index lists both runs, newest first, each linked to its own page
+    assert f'href="runs/{run}.html"' in index and f'href="runs/{first}.html"' in index
+    assert index.index(f"runs/{run}.html") < index.index(f"runs/{first}.html")
+    failed_page = (docs / "runs" / f"{first}.html").read_text()
+    assert_offline_report(failed_page, first, notes)
+    assert f"FER2013Train/{broken}" in html.unescape(failed_page)  # the offending file, by name
+    # one self-contained file (the KFP HTML artifact) with the newest run
+    single = bundle(report, tmp_path / "gate.html").read_text()
+    assert_offline_report(single, run, notes)
 
 
 def test_missing_split_folders_is_a_clear_error(tmp_path: Path) -> None:

@@ -51,7 +51,14 @@ def test_pull_and_ingest_component_writes_dataset_docs_and_metrics(subset: Path,
     index = (docs / "index.html").read_text()
     linked = [p for p in docs.rglob("*.html") if p.name != "index.html"]
     assert linked and all(p.relative_to(docs).as_posix() in index for p in linked)  # relative links resolve
-    assert json.loads((docs / "summary.json").read_text())["passed"] is True
+    summary = json.loads((docs / "summary.json").read_text())
+    assert summary["passed"] is True
+    # what the KFP UI shows: one self-contained file, not the folder
+    page = Path(task.outputs["gate_report"].path)
+    assert page.is_file()
+    text = page.read_text()
+    assert "<script" not in text and "https://" not in text and "<style>" in text
+    assert summary["run_name"] in text and "ferplus.images" in text
     metrics = task.outputs["metrics"].metadata
     assert metrics["images_read"] == sum(len(read_rows(subset / s)) for s in ("FER2013Train", "FER2013Valid"))
     assert metrics["images_kept"] == metrics["train_images"] + metrics["valid_images"]

@@ -102,7 +102,11 @@ def test_cli_evaluate_writes_report_card_and_mlflow_run(
     assert (tmp_path / "ev" / "robustness.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     run_id = res.output.strip().splitlines()[-1].split()[-1]
-    metrics = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.info.run_name.startswith("evaluate-")
+    experiment = mlflow.MlflowClient(uri).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    metrics = run.data.metrics
     assert metrics["eval.ferplus.accuracy"] == pytest.approx(saved["datasets"]["ferplus"]["accuracy"])
     assert metrics["robustness.blur.3"] == pytest.approx(
         next(

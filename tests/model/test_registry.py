@@ -10,7 +10,16 @@ import pytest
 
 from ferflow.canonical import open_dataset
 from ferflow.config import Precision, RegistryConfig, TrainConfig
-from ferflow.registry import CHALLENGER, CHAMPION, list_versions, promote, register, rollback
+from ferflow.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DESCRIPTION_MAX,
+    client,
+    list_versions,
+    promote,
+    register,
+    rollback,
+)
 
 pytestmark = pytest.mark.data
 
@@ -57,7 +66,9 @@ def alias_of(cfg: RegistryConfig, version: str | int) -> list[str]:
     return next(r["aliases"] for r in list_versions(cfg) if r["version"] == str(version))
 
 
-def test_gate_promotes_first_refuses_worse_and_rolls_back(runs, small_dataset: Path, tracking: str) -> None:
+def test_gate_promotes_first_refuses_worse_and_rolls_back(
+    runs, small_dataset: Path, tracking: str, tmp_path: Path
+) -> None:
     assert runs["good_acc"] > runs["worse_acc"]  # the premise of the test
     ds = open_dataset(small_dataset)
     valid, classes = ds.load("valid"), ds.classes
@@ -65,6 +76,11 @@ def test_gate_promotes_first_refuses_worse_and_rolls_back(runs, small_dataset: P
 
     v1 = register(runs["good"], cfg)
     assert alias_of(cfg, v1.version) == [CHALLENGER]
+    # the version's description is the run's model card (cut to MLflow's 5,000 characters)
+    card = Path(client(tracking).download_artifacts(runs["good"], "MODEL_CARD.md", str(tmp_path)))
+    assert v1.description.startswith("# ferflow reference model — `resnet`")
+    assert len(v1.description) <= DESCRIPTION_MAX and card.read_text().startswith(v1.description[:2000])
+    assert client(tracking).get_model_version(cfg.model_name, v1.version).description == v1.description
     first = promote(valid, classes, config=cfg)
     assert first.promoted and "first model" in first.reason
     assert first.infra["requests"] >= 16
@@ -104,6 +120,7 @@ def test_model_that_cannot_serve_is_not_promoted(
     with mlflow.start_run() as run:
         mlflow.onnx.log_model(helper.make_model(graph), name="model")
     version = register(run.info.run_id, cfg)
+    assert "logged no model card" in version.description  # a run without a card still says what it is
     decision = promote(ds.load("valid"), ds.classes, config=cfg)
     assert not decision.promoted and "infra-validation failed" in decision.reason
     assert alias_of(cfg, version.version) == [CHALLENGER]

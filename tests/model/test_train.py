@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -221,10 +222,22 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
         export_dir=out_dir,
         limit_train=256,
         verbose=0,
+        recipe="tiny",
     )
     assert result.mlflow_run_id
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result.mlflow_run_id)
+    # the experiment opens on the model-training view, and the run says what it was
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert re.fullmatch(r"train-tiny-ran_fm-\d{8}T\d{6}Z", run.info.run_name)
+    # the data is a logged input: its digest is the dataset's DVC version, its source the folder
+    inputs = {_context(i): i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "testing"}
+    for dataset in inputs.values():
+        assert dataset.digest == "test-subset"
+        assert str(small_dataset) in dataset.source
+    assert inputs["training"].name == "ferplus/train" and inputs["testing"].name == "ferplus/valid"
     assert run.data.params["model"] == "ran_fm"
     assert run.data.params["label_scheme"] == "probability"
     assert run.data.tags["dataset_md5"] == "test-subset"
@@ -238,6 +251,7 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
     assert {"loss", "val_accuracy", "test_accuracy", "test_macro_f1"} <= set(run.data.metrics)
     names = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {
+        "MODEL_CARD.md",
         "learning_curves.png",
         "confusion_matrix.png",
         "robustness.png",
@@ -249,7 +263,10 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
     assert run.data.metrics["robustness.clean"] == pytest.approx(
         result.metrics["robustness"]["clean_accuracy"]
     )
-    assert "| occlude_eyes |" in (out_dir / "MODEL_CARD.md").read_text()
+    card = (out_dir / "MODEL_CARD.md").read_text()
+    assert "| occlude_eyes |" in card
+    logged = Path(client.download_artifacts(result.mlflow_run_id, "MODEL_CARD.md", str(tmp_path)))
+    assert logged.read_text() == card and result.mlflow_run_id in card
     prior = json.loads(FerClassifier(out_dir / "model.onnx").metadata["train_prior"])
     assert len(prior) == 8 and sum(prior) == pytest.approx(1.0, abs=1e-4)
     test = result.metrics["test"]
@@ -265,6 +282,30 @@ def test_full_run_tracks_to_mlflow_and_exports(small_dataset, tmp_path, monkeypa
         assert again["accuracy"] == pytest.approx(test["accuracy"])
         assert again["occluded_accuracy"] == pytest.approx(test["occluded_accuracy"])
         assert Path(again["model"]).name == "model.onnx"
+
+
+def _context(dataset_input) -> str:
+    return next(t.value for t in dataset_input.tags if t.key == "mlflow.data.context")
+
+
+def test_learning_curves_mark_every_epoch(tmp_path, monkeypatch):
+    """A one-epoch run is one point per curve: without markers a line plot draws nothing."""
+    from matplotlib.figure import Figure
+
+    from ferflow.train import plot_learning_curves
+
+    figures = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **kw: (figures.append(fig), savefig(fig, *a, **kw))
+    )
+    row = {"epoch": 0, "loss": 1.9, "val_loss": 1.8, "accuracy": 0.3, "val_accuracy": 0.35, "lr": 1e-3}
+    plot_learning_curves([row], tmp_path / "curves.png")
+    (fig,) = figures
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 5  # train and tune loss and accuracy, the learning rate
+    assert all(line.get_marker() not in (None, "", " ", "None") for line in lines)
+    assert (tmp_path / "curves.png").stat().st_size > 5000
 
 
 def test_source_weights_scale_and_drop_rows_of_a_source(small_dataset):

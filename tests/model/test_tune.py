@@ -9,6 +9,7 @@ this runs as root); MLflow uses the same server as its backend store in that tes
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -122,6 +123,10 @@ def test_bad_configuration_is_pruned_and_stops_training(small_dataset, tmp_path,
 
     runs = nested_runs(mlflow_sqlite, parent)
     assert sorted(runs) == [0, 1, 2]
+    assert [runs[i].info.run_name for i in range(3)] == ["tune-trial-0", "tune-trial-1", "tune-trial-2"]
+    assert re.fullmatch(r"tune-prune-\d{8}T\d{6}Z", mlflow_sqlite.get_run(parent).info.run_name)
+    experiment = mlflow_sqlite.get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert runs[2].info.status == "KILLED" and runs[2].data.tags["optuna.state"] == "PRUNED"
     assert runs[0].info.status == "FINISHED"
     assert runs[0].data.params["learning_rate"] == str(GOOD["learning_rate"])
@@ -218,6 +223,10 @@ def test_cli_resume_adds_trials_to_the_study_and_train_from_study(small_dataset,
     second = runner.invoke(app, [*args, "--trials", "1", "--report", str(tmp_path / "report")])
     assert second.exit_code == 0, second.output
     assert "2 trials so far" in second.output
+    # a trial is not silent for minutes: one line per epoch
+    assert re.search(
+        r"\[worker 0\] trial 0 epoch 1/1: loss [0-9.]+, tune loss [0-9.]+, tune acc", first.output
+    )
 
     study = optuna.load_study(study_name="resume", storage=storage)
     trials = study.get_trials()
@@ -229,12 +238,19 @@ def test_cli_resume_adds_trials_to_the_study_and_train_from_study(small_dataset,
     artifacts = {a.path for a in mlflow_sqlite.list_artifacts(parent)}
     assert {"best_params.json", "trials.csv", "optimization_history.png"} <= artifacts
     assert (tmp_path / "report" / "optimization_history.png").stat().st_size > 1000
+    # the plots and every trial in one self-contained page (plotly is not installed)
+    assert "study_report.html" in artifacts
+    page = (tmp_path / "report" / "study_report.html").read_text()
+    assert "data:image/png;base64," in page and "<script" not in page and "http://" not in page
+    assert all(f"<td>{t.number}" in page for t in trials) and "learning_rate" in page
 
     cfg = best_train_config("resume", storage, base=TrainConfig(epochs=7))
     best = study.best_trial.params
     assert cfg.learning_rate == best["learning_rate"] and cfg.augment.erase_prob == best["erase_prob"]
     assert cfg.label_scheme == LabelScheme(best["label_scheme"]) and cfg.epochs == 7
-    missing = runner.invoke(app, ["train", "--from-study", "nope", "--storage", storage])
+    missing = runner.invoke(
+        app, ["train", "--dataset", str(small_dataset), "--from-study", "nope", "--storage", storage]
+    )
     assert missing.exit_code == 2 and "no study 'nope'" in missing.output
 
 
