@@ -461,8 +461,10 @@ def record_outcome(state: str, error: str, job: str, profile: str, track: bool) 
     if track:
         import mlflow
 
+        from ferflow.tracking import use_experiment
+
         mlflow.set_tracking_uri(Paths().mlflow_uri)
-        mlflow.set_experiment(RUN_EXPERIMENT)
+        use_experiment(RUN_EXPERIMENT)
         with mlflow.start_run(run_name=job) as run:
             mlflow.set_tags({f"pipeline.{k}": v[:5000] for k, v in record.items()})
             record["mlflow_run_id"] = run.info.run_id

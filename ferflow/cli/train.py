@@ -100,7 +100,9 @@ def train_cmd(
         load_splits(dataset, source_format, "ferplus8", quiet=False) if source_format is not None else dataset
     )
     try:
-        result = train(cfg, data, run_dir, resume=resume, track=track, export_dir=export_dir)
+        # the MLflow run name's recipe part: the study it came from, or the recipe's name
+        recipe = f"study-{from_study}" if from_study else (Path(config).stem if config else None)
+        result = train(cfg, data, run_dir, resume=resume, track=track, export_dir=export_dir, recipe=recipe)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise fail(f"error: {exc}", USAGE) from exc
     test = result.metrics.get("test") or result.metrics.get("tune") or {}
