@@ -504,6 +504,13 @@ def test_retrain_cronjob_submits_the_pipeline(
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
+    # its pods are not servers: no Deployment selector (HPA, PDB) or Service counts them
+    pod_labels = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    deployment = only(rendered[scenario]["objects"], "Deployment")
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert (
+        not only(rendered[scenario]["objects"], "Service")["spec"]["selector"].items() <= pod_labels.items()
+    )
     (container,) = pod["containers"]
     assert container["command"] == [
         "ferflow", "pipeline", "submit", "--host", "$(KFP_HOST)", "--profile", profile,

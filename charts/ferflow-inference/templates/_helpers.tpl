@@ -106,3 +106,17 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: ferflow
 {{- end }}
+
+{{/*
+Labels of the retrain CronJob's pods: another app.kubernetes.io/name, so that the Deployment's
+selector (and the HPA's CPU average, the PDB, the Service) never count them as servers.
+*/}}
+{{- define "ferflow-inference.retrainPodLabels" -}}
+helm.sh/chart: {{ include "ferflow-inference.chart" . }}
+app.kubernetes.io/name: {{ include "ferflow-inference.name" . | trunc 55 | trimSuffix "-" }}-retrain
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ferflow
+app.kubernetes.io/component: retrain-trigger
+{{- end }}
