@@ -176,24 +176,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(422, f"invalid request: {exc.errors()}", "RequestValidationError")
 
 
+def _multipart_body(required: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI description of a multipart body the handlers parse themselves."""
+    schema = {"type": "object", "required": [required], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 def _upload_body(max_images: int) -> dict[str, Any]:
-    """OpenAPI description of the multipart body the handlers parse themselves."""
     image = {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP"}
     schema = image if max_images == 1 else {"type": "array", "items": image, "maxItems": max_images}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [IMAGE_FIELD],
-                        "properties": {IMAGE_FIELD: schema},
-                    }
-                }
-            },
-        },
-    }
+    return _multipart_body(IMAGE_FIELD, {IMAGE_FIELD: schema})
 
 
 AUTH_ERROR = {401: "missing or wrong API key (when FERFLOW_API_KEY is set)"}
@@ -222,34 +214,22 @@ TASK_ERRORS = errors({**AUTH_ERROR, 404: "unknown task_id, or its result expired
 def _video_body() -> dict[str, Any]:
     seconds = {"type": "number", "minimum": 0}
     limits = CONFIG.video
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [VIDEO_FIELD],
-                        "properties": {
-                            VIDEO_FIELD: {
-                                "type": "string",
-                                "format": "binary",
-                                "description": f"any video FFmpeg decodes (mp4, mov, mkv, webm), at most "
-                                f"{limits.max_bytes:,} bytes and {limits.max_seconds} s",
-                            },
-                            "fps": seconds | {"description": "frames analysed per second; 0: every frame"},
-                            "start": seconds | {"description": "first second analysed"},
-                            "end": seconds | {"description": "last second analysed; 0: to the end"},
-                            "smooth": {
-                                "type": "string",
-                                "description": "smoothing time constant, s, or none",
-                            },
-                        },
-                    }
-                }
-            },
-        },
+    video = {
+        "type": "string",
+        "format": "binary",
+        "description": f"any video FFmpeg decodes (mp4, mov, mkv, webm), at most "
+        f"{limits.max_bytes:,} bytes and {limits.max_seconds} s",
     }
+    return _multipart_body(
+        VIDEO_FIELD,
+        {
+            VIDEO_FIELD: video,
+            "fps": seconds | {"description": "frames analysed per second; 0: every frame"},
+            "start": seconds | {"description": "first second analysed"},
+            "end": seconds | {"description": "last second analysed; 0: to the end"},
+            "smooth": {"type": "string", "description": "smoothing time constant, s, or none"},
+        },
+    )
 
 
 async def _images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
