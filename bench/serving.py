@@ -16,6 +16,15 @@ whatever the server would load: ``FERFLOW_MODEL`` / ``FERFLOW_MODEL_URI`` / the 
 
     .venv/bin/python bench/serving.py                     # everything, ~3 min on 2 cores
     .venv/bin/python bench/serving.py --soak 2000 --json out.json
+    .venv/bin/python bench/serving.py --memory 16         # only: 16 concurrent 25 MP PNGs
+    .venv/bin/python bench/serving.py --slow-clients 256  # only: trickling uploads vs. normal calls
+
+``--memory N``: N concurrent ``/predict`` uploads of a 4999x4999 RGB PNG (~80 KB, under the 25 MP
+limit), twice; the worker's RSS before, at its peak (sampled every 20 ms) and 2 s after.
+``--slow-clients N``: N connections that each send a ``/classify`` header and then one body
+byte every 4 s, for ``--slow-seconds``; meanwhile 4 clients send normal ``/classify`` requests.
+Reports what the slow ones were answered, the normal ones' statuses and latencies, and
+``/readyz`` during the run.
 
 Every request has a timeout and every phase a request count and a time limit; only
 127.0.0.1 is contacted. With ``--fer-python`` (a separate venv holding the ``fer`` package),
@@ -31,14 +40,17 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -428,7 +440,188 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, {psutil.virtual_memory().total / 2**30:.0f} GB"
 
 
-def main() -> None:
+def worker_process(server: Server) -> psutil.Process:
+    """The BentoML worker (the process that holds the model)."""
+    for p in psutil.Process(server.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "_bentoml_impl.worker" in " ".join(p.cmdline()):
+                return p
+    raise RuntimeError("no BentoML worker process found")
+
+
+def large_png() -> bytes:
+    """A 4999x4999 RGB PNG: ~80 KB on the wire, 25 MP (just under the limit), 75 MB decoded."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4999, 4999), (90, 120, 150)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def memory_run(server: Server, concurrency: int, rounds: int = 2) -> dict:
+    """``concurrency`` simultaneous /predict uploads of :func:`large_png`, ``rounds`` times."""
+    worker = worker_process(server)
+    body = multipart(large_png(), "large.png", "image/png")
+    asyncio.run(load(server.url, "warm-up", crop_jobs(50), 100, 8, 30))
+    time.sleep(1)
+    baseline = worker.memory_info().rss
+    peak, statuses, seconds = baseline, {}, []
+
+    async def one_round() -> None:
+        nonlocal peak
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            posts = [
+                asyncio.ensure_future(client.post("/predict", content=body, headers=HEADERS))
+                for _ in range(concurrency)
+            ]
+            while not all(p.done() for p in posts):
+                peak = max(peak, worker.memory_info().rss)
+                await asyncio.sleep(0.02)
+            for p in posts:
+                key = str(p.result().status_code) if p.exception() is None else type(p.exception()).__name__
+                statuses[key] = statuses.get(key, 0) + 1
+
+    for _ in range(rounds):
+        started = time.perf_counter()
+        asyncio.run(one_round())
+        seconds.append(round(time.perf_counter() - started, 2))
+    time.sleep(2)
+    after = worker.memory_info().rss
+    mb = 2**20
+    return {
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "upload_bytes": len(body),
+        "statuses": statuses,
+        "seconds_per_round": seconds,
+        "worker_rss_mb_baseline": round(baseline / mb, 1),
+        "worker_rss_mb_peak": round(peak / mb, 1),
+        "worker_rss_mb_after_2s": round(after / mb, 1),
+        "after_vs_baseline_pct": round(100 * (after - baseline) / baseline, 2),
+    }
+
+
+async def _trickle(port: int, seconds: float, interval: float) -> str:
+    """One slow upload: a /classify header, then a body byte per ``interval`` seconds; the status
+    line the server answered ('' if none within ``seconds``, 'closed' if it hung up)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        return f"connect failed: {type(exc).__name__}"
+    writer.write(
+        b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    line = asyncio.ensure_future(reader.readline())
+    deadline = time.monotonic() + seconds
+    try:
+        while not line.done() and time.monotonic() < deadline:
+            writer.write(b"x")
+            await asyncio.wait([line], timeout=min(interval, max(0.0, deadline - time.monotonic())))
+        return line.result().decode().strip() if line.done() else ""
+    except OSError:
+        return "closed"
+    finally:
+        line.cancel()
+        writer.close()
+
+
+def slow_client_run(server: Server, connections: int, seconds: float, interval: float = 4.0) -> dict:
+    """``connections`` trickling uploads held open for ``seconds`` while 4 clients send normal
+    /classify requests; /readyz sampled once a second."""
+    normal = crop_jobs(50)
+
+    async def main() -> dict:
+        port = server.port
+        slow = [asyncio.ensure_future(_trickle(port, seconds, interval)) for _ in range(connections)]
+        await asyncio.sleep(1)
+        ready: dict[str, int] = {}
+
+        async def probe() -> None:
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+                end = time.monotonic() + seconds - 2
+                while time.monotonic() < end:
+                    try:
+                        key = str((await client.get("/readyz")).status_code)
+                    except httpx.HTTPError as exc:
+                        key = type(exc).__name__
+                    ready[key] = ready.get(key, 0) + 1
+                    await asyncio.sleep(1)
+
+        probing = asyncio.ensure_future(probe())
+        served = await load(server.url, "normal /classify", normal, 10**6, 4, seconds - 2)
+        await probing
+        lines = await asyncio.gather(*slow)
+        answers: dict[str, int] = {}
+        for line in lines:
+            key = " ".join(line.split()[:2]) if line.startswith("HTTP/") else (line or "no answer")
+            answers[key] = answers.get(key, 0) + 1
+        return {"slow_answers": answers, "normal": served.summary(), "readyz": ready}
+
+    result = asyncio.run(main())
+    return {"connections": connections, "seconds": seconds, "byte_every_s": interval, **result}
+
+
+def only_mode(args: argparse.Namespace, server_env: dict[str, str]) -> None:
+    """``--memory`` / ``--slow-clients``: one server, that run only, its figures as JSON."""
+    results: dict[str, object] = {
+        "machine": machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": "bench/serving.py " + " ".join(sys.argv[1:]),
+        "server_env": server_env,
+        "root": str(args.root),
+    }
+    server = start_server(env=server_env, root=args.root)
+    try:
+        if args.memory:
+            results["memory"] = memory_run(server, args.memory)
+        if args.slow_clients:
+            results["slow_clients"] = slow_client_run(server, args.slow_clients, args.slow_seconds)
+    finally:
+        server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+def soak(
+    server: Server, heavy: Callable[..., Any], mix: list[tuple[str, bytes]], args: argparse.Namespace
+) -> list[dict]:
+    """``--soak-rounds`` soaks of ``--soak`` mixed requests at concurrency 64, RSS sampled."""
+    rounds = []
+    rss_start = server.rss_bytes()
+    for r in range(args.soak_rounds):
+        rss_before = server.rss_bytes()
+        samples: list[tuple[int, int]] = [(0, rss_before)]
+        summary = measured(
+            server,
+            lambda samples=samples: heavy(
+                server.url,
+                "soak",
+                mix,
+                args.soak,
+                64,
+                args.soak_seconds,
+                on_progress=lambda done, samples=samples: samples.append((done, server.rss_bytes())),
+            ),
+        )
+        rss_after = server.rss_bytes()
+        summary["round"] = r + 1
+        summary["rss_mb_before"] = round(rss_before / 2**20, 1)
+        summary["rss_mb_after"] = round(rss_after / 2**20, 1)
+        summary["rss_growth_pct"] = round(100 * (rss_after - rss_before) / rss_before, 2)
+        since_first = 100 * (rss_after - rss_start) / rss_start
+        summary["rss_growth_since_first_round_pct"] = round(since_first, 2)
+        summary["rss_mb_samples"] = [(n, round(b / 2**20, 1)) for n, b in samples]
+        rounds.append(summary)
+        print(json.dumps({k: v for k, v in summary.items() if k != "rss_mb_samples"}), flush=True)
+    return rounds
+
+
+def parse_args() -> tuple[argparse.Namespace, dict[str, str]]:
+    """The command line, and the server environment its ``--server-env`` items give."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--starts", type=int, default=3, help="server starts timed for the ready time")
     ap.add_argument("--classify", type=int, default=6000, help="/classify requests (concurrency 32)")
@@ -460,16 +653,27 @@ def main() -> None:
         default="auto",
         help="load generator for /classify and the soak (auto: wrk when installed)",
     )
+    ap.add_argument("--memory", type=int, metavar="N", help="only the memory run: N concurrent 25 MP PNGs")
+    ap.add_argument("--slow-clients", type=int, metavar="N", help="only the slow-client run: N connections")
+    ap.add_argument("--slow-seconds", type=float, default=45, help="length of the slow-client run")
+    ap.add_argument(
+        "--root", type=Path, default=ROOT, help="checkout to serve in the --memory / --slow-clients runs"
+    )
     args = ap.parse_args()
-    import shutil
-
     server_env = {}
     for item in args.server_env:
         name, sep, value = item.partition("=")
         if not sep or not name:
             ap.error(f"--server-env {item!r}: expected NAME=VALUE")
         server_env[name] = value
+    return args, server_env
 
+
+def main() -> None:
+    args, server_env = parse_args()
+    if args.memory or args.slow_clients:
+        only_mode(args, server_env)
+        return
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
     heavy = _wrk if use_wrk else load
 
@@ -527,33 +731,7 @@ def main() -> None:
         print(f"offline analyze: {results['predict_offline_ms_per_image']} ms/image", flush=True)
 
         if args.soak:
-            rounds = []
-            rss_start = server.rss_bytes()
-            for r in range(args.soak_rounds):
-                rss_before = server.rss_bytes()
-                samples: list[tuple[int, int]] = [(0, rss_before)]
-                summary = measured(
-                    server,
-                    lambda samples=samples: heavy(
-                        server.url,
-                        "soak",
-                        mix,
-                        args.soak,
-                        64,
-                        args.soak_seconds,
-                        on_progress=lambda done, samples=samples: samples.append((done, server.rss_bytes())),
-                    ),
-                )
-                rss_after = server.rss_bytes()
-                summary["round"] = r + 1
-                summary["rss_mb_before"] = round(rss_before / 2**20, 1)
-                summary["rss_mb_after"] = round(rss_after / 2**20, 1)
-                summary["rss_growth_pct"] = round(100 * (rss_after - rss_before) / rss_before, 2)
-                since_first = 100 * (rss_after - rss_start) / rss_start
-                summary["rss_growth_since_first_round_pct"] = round(since_first, 2)
-                summary["rss_mb_samples"] = [(n, round(b / 2**20, 1)) for n, b in samples]
-                rounds.append(summary)
-                print(json.dumps({k: v for k, v in summary.items() if k != "rss_mb_samples"}), flush=True)
+            rounds = soak(server, heavy, mix, args)
             results["soak"] = rounds[0]
             if len(rounds) > 1:
                 results["soak_rounds"] = rounds

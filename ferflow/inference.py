@@ -45,6 +45,12 @@ ENV_MAX_VIDEO_SECONDS = "FERFLOW_MAX_VIDEO_SECONDS"
 ENV_VIDEO_QUEUE = "FERFLOW_VIDEO_QUEUE"
 ENV_TASK_DIR = "FERFLOW_TASK_DIR"
 ENV_TASK_TTL_S = "FERFLOW_TASK_TTL_S"
+ENV_MAX_CLASSIFY_BATCH_FACES = "FERFLOW_MAX_CLASSIFY_BATCH_FACES"
+ENV_BODY_TIMEOUT_S = "FERFLOW_BODY_TIMEOUT_S"
+ENV_MAX_CONCURRENCY = "FERFLOW_MAX_CONCURRENCY"
+ENV_PIXEL_BUDGET = "FERFLOW_PIXEL_BUDGET"
+
+CLASSIFY_JSON_BYTES_PER_FACE = 16 * 1024  # 2,304 values of up to "255, " plus brackets, with room
 
 FORMATS: dict[str, str] = {
     "JPEG": "image/jpeg",
@@ -88,6 +94,14 @@ class ServingConfig:
     max_batch_images: int = 32  # images per /predict_batch request
     max_batch_bytes: int = 32 * 2**20  # bytes of all images of one /predict_batch request
     max_classify_batch: int = 64  # faces per model call when /classify requests are grouped
+    max_classify_batch_faces: int = 1024  # 48x48 crops per /classify_batch request
+    # Seconds a client has to send a whole request body; a slower one is answered 408, so that
+    # a trickling upload holds neither a concurrency slot nor a CPU slot.
+    body_timeout_s: float = 30.0
+    max_concurrency: int = 256  # requests handled at once by the server (bodies received); 429 beyond
+    # Decoded pixels of large images (over LARGE_IMAGE_PIXELS) in flight at once per worker; 0:
+    # max_pixels, so that one worst-case image decodes at a time and the rest wait their turn.
+    pixel_budget: int = 0
     # Inference threads (OpenVINO: one single-threaded stream each, a batch split across them;
     # ONNX Runtime: intra-op threads). 2: a grouped /classify batch uses both cores of a 2-core
     # pod (docs/benchmarks.md); set FERFLOW_THREADS to the pod's cores.
@@ -105,6 +119,15 @@ class ServingConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
+    @property
+    def max_classify_batch_bytes(self) -> int:
+        """Bytes of one /classify_batch JSON body: a crop in compact JSON is under 12 KB."""
+        return self.max_classify_batch_faces * CLASSIFY_JSON_BYTES_PER_FACE + 64 * 1024
+
+    @property
+    def decode_pixel_budget(self) -> int:
+        return self.pixel_budget or self.limits.max_pixels
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
         """Read the ``FERFLOW_*`` / ``MLFLOW_TRACKING_URI`` variables; a malformed one is an error."""
@@ -121,6 +144,16 @@ class ServingConfig:
                 raise ValueError(f"{name}={raw!r} is not an integer") from None
             if value < minimum:
                 raise ValueError(f"{name}={value} must be >= {minimum}")
+            return value
+
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name, "").strip()
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+            if not value > 0:  # also NaN
+                raise ValueError(f"{name}={raw} must be > 0")
             return value
 
         def boolean(name: str, default: bool) -> bool:
@@ -154,6 +187,10 @@ class ServingConfig:
             tta=env.get(ENV_TTA, "").strip() or None,
             runtime=env.get(RUNTIME_ENV, "").strip() or None,
             cpu_slots=integer(ENV_CPU_SLOTS, cls.cpu_slots),
+            max_classify_batch_faces=integer(ENV_MAX_CLASSIFY_BATCH_FACES, cls.max_classify_batch_faces),
+            body_timeout_s=seconds(ENV_BODY_TIMEOUT_S, cls.body_timeout_s),
+            max_concurrency=integer(ENV_MAX_CONCURRENCY, cls.max_concurrency),
+            pixel_budget=integer(ENV_PIXEL_BUDGET, cls.pixel_budget, 0),
             tracing=boolean(ENV_TRACING, cls.tracing),
             video=video,
         )
@@ -242,24 +279,33 @@ SMALL_IMAGE_PIXELS = 128 * 128
 SMALL_IMAGE_BYTES = 64 * 2**10
 
 
-def is_small_image(
-    data: bytes, max_pixels: int = SMALL_IMAGE_PIXELS, max_bytes: int = SMALL_IMAGE_BYTES
-) -> bool:
-    """Whether ``data`` is a JPEG, PNG or WebP of at most ``max_bytes`` bytes whose header
-    declares at most ``max_pixels`` pixels (the header only: about 10 µs). Anything else,
-    malformed data included, is not small: the full decoder reports what is wrong with it."""
+def image_pixels(data: bytes) -> int:
+    """Width x height from a JPEG, PNG or WebP header (about 10 µs), or 0 when the data is not
+    one: the decoder then refuses it without decoding any pixel."""
     from PIL import Image
 
-    if len(data) > max_bytes or _sniff(data) is None:
-        return False
+    if _sniff(data) is None:
+        return 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data), formats=("JPEG", "PNG", "WEBP")) as img:
                 width, height = img.size
     except Exception:
+        return 0
+    return width * height
+
+
+def is_small_image(
+    data: bytes, max_pixels: int = SMALL_IMAGE_PIXELS, max_bytes: int = SMALL_IMAGE_BYTES
+) -> bool:
+    """Whether ``data`` is a JPEG, PNG or WebP of at most ``max_bytes`` bytes whose header
+    declares at most ``max_pixels`` pixels (the header only: about 10 µs). Anything else,
+    malformed data included, is not small: the full decoder reports what is wrong with it."""
+    if len(data) > max_bytes:
         return False
-    return width * height <= max_pixels
+    pixels = image_pixels(data)
+    return 0 < pixels <= max_pixels
 
 
 def decode_image(
@@ -273,8 +319,9 @@ def decode_image(
     """Strictly decode ``data`` to ``(H, W, 3) uint8`` RGB, in memory.
 
     ``name`` (the form field or file name) appears in every error message. With ``max_side``
-    a large JPEG is decoded at a reduced DCT scale (at least ``max_side`` on its long side);
-    returns the image and the factor from its pixels to the original image's pixels.
+    an image over twice that on its long side comes back reduced to at least ``max_side``: a
+    JPEG decoded at a reduced DCT scale, a PNG or WebP shrunk by a whole factor before its RGB
+    copy is made. Returns the image and the factor from its pixels to the original's pixels.
     """
     from PIL import Image, ImageOps
 
@@ -321,9 +368,12 @@ def decode_image(
                 img.load()
         except Exception as exc:  # truncated or corrupt pixel data
             raise InvalidImage(f"{name}: truncated or corrupt {fmt} data ({exc})") from None
-        scale = width / img.size[0]
-        oriented = ImageOps.exif_transpose(img)
-        if oriented is not img:
+        reduced = _reduce(img, max_side)
+        if reduced is not img:
+            img.close()  # frees the full-size pixels now, not when the whole decode returns
+        scale = width / reduced.size[0]
+        oriented = ImageOps.exif_transpose(reduced)
+        if oriented is not reduced:
             scale = max(width, height) / max(oriented.size)
         if oriented.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit gray PNG
             gray = np.asarray(oriented, dtype=np.uint32)
@@ -333,12 +383,29 @@ def decode_image(
     return np.ascontiguousarray(rgb), scale
 
 
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "I", "F"})
+
+
+def _reduce(img: Any, max_side: int | None) -> Any:
+    """``img`` shrunk by a whole factor (a box filter) to at least ``max_side`` on its long
+    side, before any RGB copy is made: PNG and WebP have no reduced decoding like JPEG's DCT
+    scaling, and a 25 MP image would otherwise take ~75 MB per RGB copy."""
+    if not max_side or max(img.size) <= 2 * max_side:
+        return img
+    factor = max(img.size) // max_side
+    if img.mode not in REDUCIBLE_MODES:
+        img = img.convert({"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}.get(img.mode, "RGB"))
+    return img.reduce(factor)
+
+
 def face_from_bytes(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> np.ndarray:
     """A pre-cropped face image → ``(48, 48) uint8`` grayscale model crop (FER2013 luma)."""
     import cv2
 
     limits = limits or ImageLimits()
-    rgb, _ = decode_image(data, limits, name=name, min_side=limits.min_face_side)
+    rgb, _ = decode_image(
+        data, limits, name=name, min_side=limits.min_face_side, max_side=FACE_DECODE_MAX_SIDE
+    )
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
         shrink = min(gray.shape) > IMAGE_SIZE
@@ -347,6 +414,10 @@ def face_from_bytes(data: bytes, limits: ImageLimits | None = None, *, name: str
         )
     return gray
 
+
+# A pre-cropped face larger than twice this is decoded reduced (to at least this long side):
+# it ends up 48x48, and a full-size RGB copy of a 25 MP upload costs ~75 MB.
+FACE_DECODE_MAX_SIDE = 8 * IMAGE_SIZE
 
 # --- model resolution -----------------------------------------------------------------------
 

@@ -76,6 +76,8 @@ MODEL_INFO_EXAMPLE = {
         "max_batch_images": 32,
         "max_video_bytes": 209715200,
         "max_video_seconds": 600,
+        "max_classify_batch_faces": 1024,
+        "body_timeout_s": 30.0,
     },
     "auth": False,
 }
@@ -205,6 +207,10 @@ class Limits(BaseModel):
     max_batch_images: int = Field(description="images per /predict_batch (FERFLOW_MAX_BATCH_IMAGES)")
     max_video_bytes: int = Field(description="per video upload (FERFLOW_MAX_VIDEO_BYTES)")
     max_video_seconds: int = Field(description="video duration (FERFLOW_MAX_VIDEO_SECONDS)")
+    max_classify_batch_faces: int = Field(
+        description="crops per /classify_batch (FERFLOW_MAX_CLASSIFY_BATCH_FACES)"
+    )
+    body_timeout_s: float = Field(description="seconds to send a request body (FERFLOW_BODY_TIMEOUT_S)")
 
 
 class ModelResponse(BaseModel):
@@ -220,6 +226,7 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="what is wrong, naming the field or image at fault")
     status: int = Field(description="the HTTP status, repeated")
     type: str = Field(description="the error class", examples=["UnsupportedFormat"])
+    request_id: str = Field(description="the request's id, as in the X-Request-ID header and the server log")
 
 
 class VideoInfo(BaseModel):

@@ -2,15 +2,18 @@
 
     bentoml serve serving.service:FERService --port 3000      # or: ferflow serve --port 3000
 
-Endpoints (all JSON; errors are ``{"error": "...", "status": 4xx, "type": "..."}``):
+Endpoints (all JSON; every error, 404 and 500 included, is ``{"error": "...", "status": 4xx,
+"type": "...", "request_id": "..."}``, and every response carries ``X-Request-ID``):
 
 - ``POST /predict``        multipart field ``image`` (JPEG/PNG/WebP, any size) →
   ``{"faces": [{"box": [x, y, w, h], "scores": {class: p}, "label"}], "model": {"name", "version"}}``
 - ``POST /predict_batch``  the field ``image`` repeated → ``{"results": [...], "model": ...}``
 - ``POST /classify``       one pre-cropped face in ``image`` → ``{"scores", "label", "model"}``;
   concurrent requests are grouped into one model call in the worker (:mod:`serving.batching`)
-- ``POST /classify_batch`` a JSON array of uint8 48x48 crops; BentoML adaptive batching
-  (``batchable=True``) merges concurrent calls
+- ``POST /classify_batch`` ``{"faces": [...]}``, 48x48 crops of integers 0..255 (at most
+  ``FERFLOW_MAX_CLASSIFY_BATCH_FACES``) → ``(N, C)`` probabilities; checked first, then sent
+  through BentoML's adaptive batching (``batchable=True``) in chunks of 64
+  (:mod:`serving.classify_batch`)
 - ``POST /analyze_video``  multipart field ``video`` (+ optional ``fps``, ``start``, ``end``,
   ``smooth``) → 202 ``{"task_id", "status", ...}``; then ``GET /analyze_video/status``,
   ``GET /analyze_video/get`` (``format=json|csv``), ``PUT /analyze_video/cancel``, each with
@@ -28,7 +31,10 @@ in one log line, instead of being respawned forever (:mod:`serving.lifecycle`).
 The model is ``FERFLOW_MODEL_URI`` (``models:/ferflow@champion`` through the MLflow registry
 at ``MLFLOW_TRACKING_URI``) or the committed reference model. ``FERFLOW_API_KEY`` turns on
 ``Authorization: Bearer`` auth for everything except probes, metrics, docs and the demo page;
-``FERFLOW_MAX_UPLOAD_BYTES`` / ``FERFLOW_MAX_PIXELS`` bound uploads. Logic lives in
+``FERFLOW_MAX_UPLOAD_BYTES`` / ``FERFLOW_MAX_PIXELS`` bound uploads. Request bodies are read in
+full, within ``FERFLOW_BODY_TIMEOUT_S`` (408 after), before a request counts toward
+``FERFLOW_MAX_CONCURRENCY`` (429 beyond; :mod:`serving.gate`); large images decode within a
+pixel budget (``FERFLOW_PIXEL_BUDGET``, :mod:`serving.memory`). Logic lives in
 :mod:`ferflow.inference`; this module is the HTTP adapter. TensorFlow is never imported.
 """
 
@@ -54,11 +60,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from ferflow.footage import AnalyzeConfig
-from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig, is_small_image
+from ferflow.inference import EmotionRecognizer, InferenceError, ServingConfig, image_pixels, is_small_image
 from serving import api_docs, bentoml_fixes, lifecycle
+from serving import classify_batch as classify_batch_api
 from serving.api_docs import errors, ok
 from serving.batching import MicroBatcher, Overloaded
 from serving.examples import MEDIA_TYPES, Examples
+from serving.gate import GateConfig, RequestGate
+from serving.memory import PixelBudget
 from serving.uploads import MAX_EXTRA_PARTS, MULTIPART_OVERHEAD, Part, image_parts, parse_multipart, read_body
 from serving.video_tasks import VideoTasks
 
@@ -76,6 +85,9 @@ VIDEO_FIELD = "video"
 VIDEO_OPTIONS = {"fps": "fps", "start": "start_s", "end": "end_s", "smooth": "smooth_s"}
 WORKERS = int(os.environ.get("FERFLOW_WORKERS", "1"))
 CLASSIFY_MAX_QUEUE = 1024  # faces waiting per worker before /classify answers 503
+CLASSIFY_BATCH_CHUNK = 64  # BentoML's max_batch_size for classify_batch: crops per job
+LARGE_IMAGE_PIXELS = 2_000_000  # images from this size on decode within the pixel budget
+PIXELS = PixelBudget(CONFIG.decode_pixel_budget, LARGE_IMAGE_PIXELS)
 
 # Paths reachable without the API key: probes, metrics, API docs, the demo page and its assets.
 OPEN_PATHS = frozenset(
@@ -87,6 +99,7 @@ API_PATHS = frozenset(
     {"/predict", "/predict_batch", "/classify", "/classify_batch", "/model"}
     | {f"/analyze_video{op}" for op in ("", "/submit", "/status", "/get", "/cancel")}
 )
+PROBE_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
 # URLs (regular expressions) BentoML's OpenTelemetry middleware skips: probes and metrics always,
 # everything unless tracing is on (see ServingConfig.tracing)
 UNTRACED_URLS = ["/livez", "/readyz", "/healthz", "/metrics"] if CONFIG.tracing else [".*"]
@@ -116,6 +129,17 @@ def error_response(
     )
 
 
+def auth_fault(scope: dict[str, Any], key: bytes) -> str | None:
+    """Why the request's ``Authorization`` header does not carry ``key``; None when it does."""
+    auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+    scheme, _, token = auth.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return "missing API key: send the header 'Authorization: Bearer <key>'"
+    if not hmac.compare_digest(token.strip(), key):
+        return "wrong API key in the Authorization header"
+    return None
+
+
 class ApiKeyMiddleware:
     """``Authorization: Bearer <FERFLOW_API_KEY>`` on every path but the open ones (pure ASGI)."""
 
@@ -128,13 +152,8 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            message = "missing API key: send the header 'Authorization: Bearer <key>'"
-        elif not hmac.compare_digest(token.strip(), self.key):
-            message = "wrong API key in the Authorization header"
-        else:
+        message = auth_fault(scope, self.key)
+        if message is None:
             await self.app(scope, receive, send)
             return
         endpoint = path if path in API_PATHS else "other"  # bounded label values
@@ -193,9 +212,11 @@ UPLOAD_ERRORS = errors(
     {
         400: "malformed request (multipart, corrupt or truncated image, missing field)",
         **AUTH_ERROR,
+        408: "the request body did not all arrive within FERFLOW_BODY_TIMEOUT_S",
         413: "upload or image (pixels, checked before decoding) over the limit",
         415: "not multipart/form-data, or not a JPEG/PNG/WebP image",
         422: "image too small",
+        429: "FERFLOW_MAX_CONCURRENCY requests already in progress: retry later",
     }
 )
 VIDEO_ERRORS = errors(
@@ -247,7 +268,9 @@ async def _images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
 @bentoml.service(
     name="ferflow",
     workers=WORKERS,
-    traffic={"timeout": 60, "max_concurrency": 256},
+    # No max_concurrency here: BentoML would count a request from its first byte, so slow
+    # uploads could fill it; serving.gate applies CONFIG.max_concurrency once bodies are in.
+    traffic={"timeout": 60},
     tracing={"excluded_urls": UNTRACED_URLS},  # a default: a BentoML config file overrides it
     endpoints={"livez": "/livez", "readyz": "/readyz"},
 )
@@ -292,11 +315,12 @@ class FERService:
     def __is_ready__(self) -> bool:
         return getattr(self, "ready", False)
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=64, max_latency_ms=5000)
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=CLASSIFY_BATCH_CHUNK, max_latency_ms=5000)
     def classify_batch(self, faces: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, C)`` for uint8 grayscale 48x48 crops ``(N, 48, 48)``.
 
-        The batched method behind ``/classify``; BentoML groups concurrent requests into one call.
+        Behind ``POST /classify_batch``, whose requests :mod:`serving.classify_batch` checks and
+        splits first; BentoML groups concurrent chunks into one call.
         """
         try:
             return self.recognizer.classify_batch(np.asarray(faces, dtype=np.uint8))
@@ -325,7 +349,7 @@ def _service() -> FERService:
 async def predict(request: Request) -> JSONResponse:
     """Every face in one photo with its per-class emotion scores."""
     ((name, data),) = await _images(request, 1)
-    out = await _run(_service().recognizer.analyze, data, name)
+    out = await _decode_run([data], _service().recognizer.analyze, data, name)
     FACES.observe(len(out["faces"]))
     return JSONResponse(out)
 
@@ -354,7 +378,7 @@ async def predict_batch(request: Request) -> JSONResponse:
             results.append({"faces": out["faces"]})
         return results
 
-    results = await _run(analyze_all)
+    results = await _decode_run([data for _, data in images], analyze_all)
     for r in results:
         FACES.observe(len(r["faces"]))
     return JSONResponse({"results": results, "model": rec.model})
@@ -377,7 +401,7 @@ async def classify(request: Request) -> JSONResponse:
     if is_small_image(data):  # decoding it costs the event loop less than a thread hop
         face = svc.recognizer.face_crop(data, name)
     else:  # a large upload (or a bomb or malformed data: the decoder names the fault) off the loop
-        face = await _run(svc.recognizer.face_crop, data, name)
+        face = await _decode_run([data], svc.recognizer.face_crop, data, name)
     try:
         probs = await svc.batcher.submit(face)
     except Overloaded:
@@ -512,6 +536,8 @@ async def model() -> JSONResponse:
                 "max_batch_images": CONFIG.max_batch_images,
                 "max_video_bytes": CONFIG.video.max_bytes,
                 "max_video_seconds": CONFIG.video.max_seconds,
+                "max_classify_batch_faces": CONFIG.max_classify_batch_faces,
+                "body_timeout_s": CONFIG.body_timeout_s,
             },
             "auth": bool(CONFIG.api_key),
         }
@@ -578,6 +604,49 @@ async def _run(func: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(func, *args, limiter=_cpu_slots)
 
 
+async def _decode_run(images: list[bytes], func: Any, *args: Any) -> Any:
+    """:func:`_run` for work that decodes ``images`` (one at a time): it starts once the largest
+    image's pixels fit in the worker's pixel budget, waiting on the event loop until then."""
+    async with PIXELS.hold(max((image_pixels(d) for d in images), default=0)):
+        return await _run(func, *args)
+
+
+def _body_limits() -> dict[str, int]:
+    """Bytes each route's body may have; the gate reads bodies of these paths up front."""
+    per_image = CONFIG.limits.max_upload_bytes
+    batch = min(per_image * CONFIG.max_batch_images, CONFIG.max_batch_bytes)
+    video = CONFIG.video.max_bytes + MULTIPART_OVERHEAD
+    return {
+        "/predict": per_image + MULTIPART_OVERHEAD,
+        "/classify": per_image + MULTIPART_OVERHEAD,
+        "/predict_batch": batch + MULTIPART_OVERHEAD,
+        "/analyze_video": video,
+        "/analyze_video/submit": video,
+        "/classify_batch": CONFIG.max_classify_batch_bytes,
+    }
+
+
+def _may_read(scope: dict[str, Any]) -> bool:
+    """The gate reads no body of a request the API key check will refuse."""
+    return not CONFIG.api_key or auth_fault(scope, CONFIG.api_key.encode()) is None
+
+
+# Added first, so outermost of ferflow's middlewares: every response passes its error shaping.
+FERService.add_asgi_middleware(
+    RequestGate,
+    config=GateConfig(
+        body_limits=_body_limits(),
+        body_timeout_s=CONFIG.body_timeout_s,
+        max_concurrency=-(-CONFIG.max_concurrency // WORKERS),  # per worker, as BentoML divided it
+        unlimited_paths=PROBE_PATHS,
+        handlers={
+            "/classify_batch": classify_batch_api.handler(
+                CONFIG.max_classify_batch_faces, CLASSIFY_BATCH_CHUNK
+            )
+        },
+        may_read=_may_read,
+    ),
+)
 if CONFIG.api_key:
     FERService.add_asgi_middleware(ApiKeyMiddleware, api_key=CONFIG.api_key)
 

@@ -14,6 +14,7 @@ import csv
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ from ferflow.inference import (
     EmptyInput,
     ImageLimits,
     ImageTooSmall,
+    InferenceError,
     InvalidImage,
     PayloadTooLarge,
     ServingConfig,
@@ -370,7 +372,7 @@ def test_api_docs_describe_ferflow_and_its_answers(server: Server) -> None:
         content = spec["paths"][path][method]["responses"][code]["content"]["application/json"]
         assert _resolve(spec, content["schema"])["properties"], (path, content)
     error = spec["paths"]["/predict"]["post"]["responses"]["415"]["content"]["application/json"]["schema"]
-    assert set(_resolve(spec, error)["properties"]) == {"error", "status", "type"}
+    assert set(_resolve(spec, error)["properties"]) == {"error", "status", "type", "request_id"}
     assert "/classify_batch" not in spec["paths"]  # internal; it still answers (see its own test)
     assert not [name for name in spec["components"]["schemas"] if "classify_batch" in name]
     assert {"/livez", "/readyz", "/metrics"} <= set(spec["paths"])
@@ -932,3 +934,311 @@ def test_bad_videos_and_requests_get_a_4xx_naming_the_fault(
     _assert_error(r, {413}, "over the limit of 2 s")  # FERFLOW_MAX_VIDEO_SECONDS, from the container
     _assert_error(auth_server.post("/analyze_video", **_video(clips / "no_face.mp4")), {401}, "API key")
     assert server.get("/livez").status_code == 200 and auth_server.get("/livez").status_code == 200
+
+
+# --- limits on /classify_batch, slow clients, memory, error shape -----------------------------
+
+
+def _worker(server: Server) -> psutil.Process:
+    """The BentoML worker process (the one that holds the model)."""
+    workers = [p for p in server.processes() if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+    assert workers, [p.cmdline() for p in server.processes()]
+    return workers[0]
+
+
+def _assert_shaped(r: httpx.Response, status: int, words: str) -> None:
+    """The common error shape, with the request id of the response header."""
+    _assert_error(r, {status}, words)
+    assert set(r.json()) == {"error", "status", "type", "request_id"}, r.json()
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_bentoml_batch_wait_estimate_ignores_time_queued_behind_other_batches(monkeypatch) -> None:
+    """The dispatcher holds a lone request about as long as batches waited on average; waits
+    spent queued behind other batches (a large request split in 64s) must not count."""
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from serving import bentoml_fixes
+
+    def estimate() -> float:
+        opt = Optimizer(max_latency=5.0)
+        for _ in range(60):  # jobs of a 5,000-crop request: 0.02 s each, queued up to 3 s
+            opt.log_outbound(n=1, wait=3.0, duration=0.02)
+        opt.trigger_refresh()
+        return opt.wait
+
+    assert bentoml_fixes.apply()
+    assert estimate() < 0.021
+    monkeypatch.setattr(Optimizer, "log_outbound", bentoml_fixes.upstream_log_outbound())
+    assert estimate() > 2.5  # BentoML as shipped: every lone request then waits ~3 s
+
+
+def test_classify_batch_parsing_names_the_fault() -> None:
+    from serving.classify_batch import parse_faces
+
+    crop = [[128] * 48] * 48
+    ok = parse_faces(json.dumps({"faces": [crop, crop]}).encode(), 10)
+    assert ok.shape == (2, 48, 48) and ok.dtype == np.uint8
+    bad_row = [*crop[:3], [*crop[3][:5], 300, *crop[3][6:]], *crop[4:]]
+    cases = [
+        (b"{", InferenceError, "malformed JSON"),
+        (b"[1, 2]", InferenceError, "no field 'faces'"),
+        (json.dumps({"faces": []}).encode(), InferenceError, "empty"),
+        (
+            json.dumps({"faces": [crop, bad_row]}).encode(),
+            InferenceError,
+            r"faces\[1\]\[3\]\[5\]: 300",
+        ),
+        (json.dumps({"faces": [[[-5] * 48] * 48]}).encode(), InferenceError, "-5 is not"),
+        (json.dumps({"faces": [[["a"] * 48] * 48]}).encode(), InferenceError, '"a" is not'),
+        (json.dumps({"faces": [[[1.5] * 48] * 48]}).encode(), InferenceError, "1.5 is not"),
+        (json.dumps({"faces": [[[1] * 47] * 48]}).encode(), InferenceError, "expected 48 values"),
+        (json.dumps({"faces": [crop] * 11}).encode(), PayloadTooLarge, "11 faces"),
+    ]
+    for body, error, words in cases:
+        with pytest.raises(error, match=words):
+            parse_faces(body, 10)
+
+
+def test_decode_reduces_a_large_png_before_its_rgb_copy() -> None:
+    """A 4999x4999 PNG of ~70 KB: decoded for detection at half size, for /classify at 1/13."""
+    from ferflow.inference import face_from_bytes
+
+    png = _encode(Image.new("L", (4999, 4999), 90))
+    assert len(png) < 100_000
+    rgb, scale = decode_image(png, ImageLimits(), max_side=2048)
+    assert rgb.shape == (2500, 2500, 3) and abs(scale - 4999 / 2500) < 1e-6
+    assert face_from_bytes(png).shape == (48, 48)
+    small = _encode(Image.new("RGB", (1000, 800), (1, 2, 3)))
+    assert decode_image(small, ImageLimits(), max_side=2048)[0].shape == (800, 1000, 3)  # unchanged
+
+
+def _gate_call(config, app, method: str = "POST", path: str = "/x", body_parts=(b"",), delay: float = 0.0):
+    """Run ``RequestGate(app, config)`` on one request: (status, headers, JSON body or bytes)."""
+    from serving.gate import RequestGate
+
+    async def main():
+        parts = list(body_parts)
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if parts:
+                await asyncio.sleep(delay)
+                chunk = parts.pop(0)
+                return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "headers": [(b"x-request-id", b"abc-1")]}
+        await RequestGate(app, config)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(main())
+    headers = dict(sent[0]["headers"])
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return (
+        sent[0]["status"],
+        headers,
+        json.loads(body) if b"json" in headers.get(b"content-type", b"") else body,
+    )
+
+
+def test_gate_deadline_limits_and_error_shape(caplog) -> None:
+    from serving.gate import GateConfig
+
+    async def echo(scope, receive, send) -> None:
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    async def plain_404(scope, receive, send) -> None:
+        await send(
+            {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"Not Found"})
+
+    async def broken(scope, receive, send) -> None:
+        raise RuntimeError("boom")
+
+    cfg = GateConfig(body_limits={"/x": 10}, body_timeout_s=0.3, max_concurrency=4)
+    status, headers, body = _gate_call(cfg, echo, body_parts=(b"abc", b"de"))
+    assert (status, body, headers[b"x-request-id"]) == (200, b"abcde", b"abc-1")
+    status, headers, body = _gate_call(cfg, echo, body_parts=(b"a", b"b", b"c"), delay=0.2)  # a slow client
+    assert status == 408 and "0.3 s" in body["error"] and headers[b"connection"] == b"close"
+    status, _, body = _gate_call(cfg, echo, body_parts=(b"0123456789", b"x"))
+    assert status == 413 and body["type"] == "PayloadTooLarge"
+    status, _, body = _gate_call(cfg, plain_404, method="GET", path="/nope")
+    assert status == 404 and body == {
+        "error": "Not Found",
+        "status": 404,
+        "type": "NotFound",
+        "request_id": "abc-1",
+    }
+    with caplog.at_level(logging.ERROR, logger="bentoml.ferflow"):
+        status, _, body = _gate_call(cfg, broken)
+    assert status == 500 and "abc-1" in body["error"] and body["request_id"] == "abc-1"
+    assert any("abc-1" in r.getMessage() and r.exc_info for r in caplog.records)
+    full = GateConfig(body_limits={"/x": 10}, body_timeout_s=0.3, max_concurrency=0)
+    status, _, body = _gate_call(full, echo)
+    assert status == 429 and body["type"] == "TooManyRequests"
+
+
+def test_classify_batch_bad_input_is_a_4xx_naming_the_fault(server: Server) -> None:
+    crop = [[128] * 48] * 48
+    cases = [
+        ("strings", dict(json={"faces": [[["x"] * 48] * 48]}), 400, "faces[0][0][0]"),
+        ("300", dict(json={"faces": [crop, [[300] * 48] * 48]}), 400, "faces[1][0][0]: 300"),
+        ("-5", dict(json={"faces": [[[-5] * 48] * 48]}), 400, "0..255"),
+        ("a flat list", dict(json={"faces": [1, 2, 3]}), 400, "faces[0]"),
+        ("no faces field", dict(json={"crops": [crop]}), 400, "'faces'"),
+        (
+            "malformed JSON",
+            dict(content=b"{", headers={"content-type": "application/json"}),
+            400,
+            "malformed",
+        ),
+        ("multipart", _files(_encode(Image.new("L", (48, 48)))), 415, "multipart/form-data"),
+    ]
+    for name, kwargs, status, words in cases:
+        try:
+            _assert_shaped(server.post("/classify_batch", **kwargs), status, words)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+    r = server.post("/classify_batch", json={"faces": [crop]})
+    assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_classify_batch_refuses_a_huge_body_before_parsing_it(server: Server) -> None:
+    worker = _worker(server)
+    before = worker.memory_info().rss
+    body = json.dumps({"faces": [[[128] * 48] * 48] * 10_000}, separators=(",", ":")).encode()  # 46 MB
+    started = time.perf_counter()
+    r = server.post("/classify_batch", content=body, headers={"content-type": "application/json"})
+    _assert_shaped(r, 413, "exceeds the limit")
+    assert time.perf_counter() - started < 5
+    assert worker.memory_info().rss - before < 100 * 2**20
+    many = json.dumps({"faces": [[[0] * 48] * 48] * 1025}, separators=(",", ":")).encode()
+    r = server.post("/classify_batch", content=many, headers={"content-type": "application/json"})
+    _assert_shaped(r, 413, "1,025 faces in one request; at most 1,024")
+
+
+def test_errors_are_json_with_a_request_id(server: Server) -> None:
+    r = server.get("/no-such-page")
+    _assert_shaped(r, 404, "not found")
+    r = server.get("/no-such-page", headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42" and r.json()["request_id"] == "trace-42"
+    assert server.get("/livez").headers["x-request-id"]
+    _assert_shaped(server.post("/predict", content=b"x", headers={"content-type": "text/plain"}), 415, "")
+
+
+@pytest.fixture(scope="module")
+def slow_server(model_path: Path, tmp_path_factory) -> Iterator[Server]:
+    """``bentoml serve`` with a 2 s body deadline, 16 requests at once and 5,000-crop batches."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:FERService"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    home = tmp_path_factory.mktemp("slow")
+    env = _env(model_path, BENTOML_HOME=str(home / "bentoml"), FERFLOW_BODY_TIMEOUT_S="2")
+    env.update(FERFLOW_MAX_CONCURRENCY="16", FERFLOW_MAX_CLASSIFY_BATCH_FACES="5000")
+    srv = _start(cmd, env, port, home / "server.log")
+    yield srv
+    _stop(srv)
+
+
+def test_one_large_classify_batch_leaves_single_crops_fast(slow_server: Server) -> None:
+    crop = [[128] * 48] * 48
+    r = slow_server.post("/classify_batch", json={"faces": [crop] * 5000})
+    assert r.status_code == 200 and len(r.json()) == 5000
+    took = []
+    end = time.monotonic() + 12  # BentoML refreshes its estimate at most every 5 s
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        assert slow_server.post("/classify_batch", json={"faces": [crop]}).status_code == 200
+        took.append(time.perf_counter() - started)
+        time.sleep(0.5)
+    assert sorted(took[-5:])[2] < 0.3 and max(took[-5:]) < 1.0, took
+
+
+async def _slow_client(port: int, seconds: float, declared: int, sent: int | None) -> str:
+    """A POST /classify whose body trickles (a byte per 0.5 s; or ``sent`` bytes, then silence):
+    the status line the server answered, or '' if none within ``seconds``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    writer.write(head.encode() + (b"x" * sent if sent else b""))
+    line = asyncio.ensure_future(reader.readline())
+    deadline = time.monotonic() + seconds
+    try:
+        while not line.done() and time.monotonic() < deadline:
+            if sent is None:
+                writer.write(b"x")
+            await asyncio.wait([line], timeout=0.5)
+        return line.result().decode().strip() if line.done() else ""
+    except (ConnectionError, OSError):
+        return "closed"
+    finally:
+        line.cancel()
+        writer.close()
+
+
+def test_slow_clients_get_408_and_do_not_block_others(slow_server: Server, ferplus_dir: Path) -> None:
+    """32 slow uploads (twice the concurrency limit) for 10 s: each gets 408 after the 2 s
+    deadline, and normal requests meanwhile are all answered."""
+    port = int(slow_server.url.rsplit(":", 1)[1])
+    crop = sorted((ferplus_dir / "FER2013Valid").glob("*.png"))[0].read_bytes()
+
+    async def normal(client: httpx.AsyncClient) -> list[int]:
+        statuses = []
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            r = await client.post("/classify", files={"image": ("c.png", crop, "image/png")})
+            statuses.append(r.status_code)
+            await asyncio.sleep(0.1)
+        return statuses
+
+    async def main() -> tuple[list[str], list[int], int]:
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=30) as client:
+            slow = [_slow_client(port, 10, 100_000, None) for _ in range(31)]
+            slow.append(_slow_client(port, 10, 100_000, 5_000))  # declares more than it sends
+            await asyncio.sleep(0)
+            tasks = [asyncio.ensure_future(c) for c in slow]
+            await asyncio.sleep(0.5)
+            ok = await normal(client)
+            ready = (await client.get("/readyz")).status_code
+            return await asyncio.gather(*tasks), ok, ready
+
+    lines, ok, ready = asyncio.run(main())
+    assert all(line.startswith("HTTP/1.1 408") for line in lines), lines
+    assert ok and set(ok) == {200}, ok
+    assert ready == 200
+
+
+def test_large_png_uploads_stay_within_memory(server: Server) -> None:
+    """8 concurrent 4999x4999 RGB PNGs (~80 KB each, under the 25 MP limit) on /predict: the
+    worker stays within 400 MB of its baseline and returns to within 10 % of it."""
+    png = _encode(Image.new("RGB", (4999, 4999), (90, 120, 150)))
+    worker = _worker(server)
+    baseline = worker.memory_info().rss
+    peak = baseline
+
+    async def main() -> list[int]:
+        nonlocal peak
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            posts = [client.post("/predict", **_files(png, "big.png", "image/png")) for _ in range(8)]
+            pending = [asyncio.ensure_future(p) for p in posts]
+            while not all(p.done() for p in pending):
+                peak = max(peak, worker.memory_info().rss)
+                await asyncio.sleep(0.05)
+            return [p.result().status_code for p in pending]
+
+    assert asyncio.run(main()) == [200] * 8
+    time.sleep(0.5)
+    after = worker.memory_info().rss
+    mb = 2**20
+    assert peak - baseline < 400 * mb, (baseline // mb, peak // mb)
+    assert after < baseline * 1.10, (baseline // mb, after // mb)
