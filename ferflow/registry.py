@@ -8,17 +8,25 @@ Aliases on the MLflow registered model (``ferflow`` by default):
 The promotion gate (TFX's InfraValidator + Evaluator, in one step) moves ``champion`` to the
 challenger only if (a) the challenger loads and answers a real request through the serving
 code, and (b) on the same evaluation set it is at least ``margin`` better than the champion in
-accuracy and does not regress macro-F1 by more than ``f1_margin``. Either way the decision and
-its reason are tagged on the version; a refused challenger never becomes champion.
-Champion history lives in a registered-model tag, so ``rollback`` can step back.
+accuracy and does not regress macro-F1 by more than ``f1_margin`` (nor accuracy on any one
+source by more than ``dataset_tolerance``). A setting below "no regression" (:func:`lowered_bars`)
+is refused unless forced, and a forced decision says so on the version.
+
+Every decision is recorded on the version: ``gate.<n>`` holds decision ``n`` (JSON: verdict,
+reason, margins, dataset and data version, split, metrics) and is never rewritten; the ``gate.*``
+tags hold the latest decision alone. A refused challenger never becomes champion. Champion
+history lives in a registered-model tag, so ``rollback`` can step back.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +48,33 @@ MODEL_ARTIFACT = "model"  # the ONNX model logged by ferflow.train
 CARD_ARTIFACT = "MODEL_CARD.md"  # the model card logged by ferflow.train: a version's description
 DESCRIPTION_MAX = 5000  # characters MLflow stores in a model version's description
 INFRA_FACES = 16  # real evaluation faces sent through the serving path
+GATE = "gate."  # prefix of a version's gate tags
+DECISION_TAG = re.compile(r"gate\.(\d+)")  # gate.<n>: decision n, a JSON record
+ROLLED_BACK_TAG = "rolled_back"
+TAG_VALUE_MAX = 5000  # characters of a model version tag value in MLflow's SQL store
 
 
 class RegistryError(RuntimeError):
     """A registry operation cannot be done; the message says which model/version and why."""
+
+
+class RegistryUsageError(RegistryError, ValueError):
+    """The request is wrong, not the registry: a model or version it does not have, a gate below
+    "no regression" without ``force``. Fixed by changing the command (the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """What a gate decision is measured on; recorded with the decision."""
+
+    dataset: str = "unknown"  # the evaluation set's folder
+    version: str = "unknown"  # its data version: the canonical dataset.json's ``source_version``
+    split: str = "unknown"
+
+    @classmethod
+    def of(cls, dataset: str | Path, meta: dict[str, Any], split: str) -> EvalSet:
+        """The split ``split`` of the dataset at ``dataset`` whose metadata is ``meta``."""
+        return cls(str(dataset), str(meta.get("source_version") or "unversioned"), split)
 
 
 @dataclass
@@ -55,10 +86,24 @@ class GateDecision:
     challenger_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] = field(default_factory=dict)
     infra: dict[str, Any] = field(default_factory=dict)
+    number: int = 0  # the decision's number on the version (tag gate.<number>)
+    time: str = ""  # UTC, ISO 8601
+    margins: dict[str, float] = field(default_factory=dict)  # margin, f1_margin, dataset_tolerance
+    evaluated_on: dict[str, Any] = field(default_factory=dict)  # dataset, version, split, n
+    forced: str = ""  # what a forced gate lowered (see lowered_bars); "" when not forced
 
     def human(self) -> str:
         verdict = "PROMOTED to champion" if self.promoted else "NOT promoted"
         lines = [f"version {self.version}: {verdict} — {self.reason}"]
+        if self.forced:
+            lines.append(f"  FORCED gate: {self.forced}")
+        if self.margins and self.evaluated_on:
+            m, e = self.margins, self.evaluated_on
+            lines.append(
+                f"  gate: margin {m['margin']:+.4f}, f1_margin {m['f1_margin']:.4f}, dataset_tolerance "
+                f"{m['dataset_tolerance']:.4f}; {e['dataset']} (data version {e['version']}), "
+                f"split {e['split']}, {e['n']} rows; recorded as gate.{self.number}"
+            )
         if self.challenger_metrics:
             lines.append(f"  challenger: {_fmt(self.challenger_metrics)}")
         if self.champion_metrics:
@@ -266,6 +311,92 @@ def _gains(decision: GateDecision, champion_version: str) -> str:
     return ", ".join(parts) + f" vs champion v{champion_version}"
 
 
+def lowered_bars(cfg: RegistryConfig) -> list[str]:
+    """The settings of ``cfg`` that lower the gate below "no regression", each letting a
+    challenger worse than the champion through; empty for the defaults.
+
+    ``margin`` is the required accuracy gain: below 0 an accuracy loss passes. ``f1_margin`` is the
+    allowed macro-F1 regression: above 0 an F1 loss passes. ``dataset_tolerance`` is the allowed
+    accuracy loss on one source: above its default (0.02, about 1.5 standard errors on the 684
+    photos of photos/valid) a loss beyond noise passes. Negative allowances ask for a gain:
+    stricter, not lower. A value that is not a finite number is refused (NaN would pass anything).
+    """
+    values = {"margin": cfg.margin, "f1_margin": cfg.f1_margin, "dataset_tolerance": cfg.dataset_tolerance}
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise RegistryUsageError(f"gate {key} {value} is not a finite number (pass a number, e.g. 0)")
+    tolerance = RegistryConfig.dataset_tolerance
+    lowered = []
+    if cfg.margin < 0:
+        lowered.append(f"margin {cfg.margin:+.4f} < 0 lets an accuracy loss through")
+    if cfg.f1_margin > 0:
+        lowered.append(f"f1_margin {cfg.f1_margin:.4f} > 0 lets a macro-F1 loss through")
+    if cfg.dataset_tolerance > tolerance:
+        lowered.append(
+            f"dataset_tolerance {cfg.dataset_tolerance:.4f} > {tolerance:.4f} lets a per-source "
+            "accuracy loss beyond noise through"
+        )
+    return lowered
+
+
+def check_gate(cfg: RegistryConfig, force: bool = False) -> str:
+    """``""`` for a gate at or above "no regression"; for a lower one, what it lowers when
+    ``force`` (recorded on the decision), else :class:`RegistryUsageError`."""
+    lowered = lowered_bars(cfg)
+    if lowered and not force:
+        raise RegistryUsageError(
+            f"the gate would be lowered below no regression: {'; '.join(lowered)} "
+            "(use margins >= 0 and allowances within the defaults, or pass --force to gate with "
+            "them anyway: the version records that it was forced)"
+        )
+    return "; ".join(lowered)
+
+
+def _missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _require_model(c: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException as exc:
+        if not _missing(exc):
+            raise
+        known = ", ".join(sorted(m.name for m in c.search_registered_models())) or "none"
+        raise RegistryUsageError(
+            f"no registered model {name!r} (registered: {known}; pass --name, or register a run "
+            "first with `ferflow registry register RUN_ID`)"
+        ) from exc
+
+
+def _require_version(c: MlflowClient, name: str, version: str | None) -> str:
+    """The version to gate: ``version`` if the registry has it, else the challenger."""
+    from mlflow.exceptions import MlflowException
+
+    _require_model(c, name)
+    if version is None:
+        challenger = _alias_version(c, name, CHALLENGER)
+        if challenger is None:
+            raise RegistryError(
+                f"registered model {name!r} has no {CHALLENGER!r} alias; register a run first"
+            )
+        return str(challenger.version)
+    if str(version).isdigit():
+        try:
+            return str(c.get_model_version(name, str(version)).version)
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
+    versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
+    raise RegistryUsageError(
+        f"registered model {name!r} has no version {version!r} (its versions: "
+        f"{', '.join(map(str, versions)) or 'none'}; pass one to --version, "
+        f"or see `ferflow registry list --name {name}`)"
+    )
+
+
 def promote(
     eval_split: Split,
     classes: list[str],
@@ -273,28 +404,53 @@ def promote(
     config: RegistryConfig | None = None,
     tracking_uri: str | None = None,
     label_sets: dict[str, list[str]] | None = None,
+    *,
+    evaluated_on: EvalSet | None = None,
+    force: bool = False,
 ) -> GateDecision:
     """Run the gate on ``version`` (default: the challenger) against the current champion.
 
     A split of several source datasets is compared per source too (over ``label_sets``, see
     :func:`ferflow.evaluate.source_label_sets`): a regression beyond ``dataset_tolerance`` on
-    any one source refuses the challenger, whatever it gains elsewhere."""
+    any one source refuses the challenger, whatever it gains elsewhere. A gate below "no
+    regression" (:func:`lowered_bars`) needs ``force``. The decision, with its margins and
+    ``evaluated_on`` (dataset, data version, split), is recorded on the version (:func:`_record`);
+    a promoted version loses its ``rolled_back`` tag."""
     cfg = config or RegistryConfig()
+    forced = check_gate(cfg, force)
     c = client(tracking_uri)
     name = cfg.model_name
-    if version is None:
-        challenger = _alias_version(c, name, CHALLENGER)
-        if challenger is None:
-            raise RegistryError(
-                f"registered model {name!r} has no {CHALLENGER!r} alias; register a run first"
-            )
-        version = challenger.version
-    version = str(version)
+    version = _require_version(c, name, version)
     champion = _alias_version(c, name, CHAMPION)
     decision = GateDecision(False, "", version, str(champion.version) if champion else None)
+    decision.time = datetime.now(UTC).isoformat(timespec="seconds")
+    decision.margins = {k: getattr(cfg, k) for k in ("margin", "f1_margin", "dataset_tolerance")}
+    decision.evaluated_on = asdict(evaluated_on or EvalSet()) | {"n": len(eval_split)}
+    decision.forced = forced
+    _judge(decision, champion, cfg, eval_split, classes, label_sets, tracking_uri)
+    _record(c, name, decision)
+    if decision.promoted:
+        history = _history(c, name)
+        c.set_registered_model_alias(name, CHAMPION, version)
+        c.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+        if ROLLED_BACK_TAG in c.get_model_version(name, version).tags:
+            c.delete_model_version_tag(name, version, ROLLED_BACK_TAG)
+    return decision
 
+
+def _judge(
+    decision: GateDecision,
+    champion: ModelVersion | None,
+    cfg: RegistryConfig,
+    eval_split: Split,
+    classes: list[str],
+    label_sets: dict[str, list[str]] | None,
+    tracking_uri: str | None,
+) -> None:
+    """Infra-validate ``decision.version`` and compare it with ``champion``: fills ``decision``."""
+    name, version = cfg.model_name, decision.version
     try:
-        path = model_path(name, str(version), tracking_uri)
+        path = model_path(name, version, tracking_uri)
         decision.infra = infra_validate(path, eval_split, cfg.probe_image)
         if decision.infra["classes"] != list(classes):
             raise RegistryError(
@@ -303,32 +459,101 @@ def promote(
         decision.challenger_metrics = _metrics(path, eval_split, classes, label_sets)
     except (RegistryError, ValueError) as exc:
         decision.reason = str(exc)
-    else:
-        if champion is None:
-            decision.promoted, decision.reason = True, "first model: no champion yet"
-        elif str(champion.version) == version:
-            decision.reason = "already champion"
-        else:
-            decision.champion_metrics = _metrics(
-                model_path(name, champion.version, tracking_uri), eval_split, classes, label_sets
-            )
-            refusal = _compare(decision.challenger_metrics, decision.champion_metrics, cfg)
-            decision.promoted = refusal is None
-            decision.reason = refusal or _gains(decision, champion.version)
+        return
+    if champion is None:
+        decision.promoted, decision.reason = True, "first model: no champion yet"
+        return
+    if str(champion.version) == version:
+        decision.reason = "already champion"
+        return
+    decision.champion_metrics = _metrics(
+        model_path(name, champion.version, tracking_uri), eval_split, classes, label_sets
+    )
+    refusal = _compare(decision.challenger_metrics, decision.champion_metrics, cfg)
+    decision.promoted = refusal is None
+    decision.reason = refusal or _gains(decision, champion.version)
+    if decision.forced and decision.promoted:
+        bar = replace(
+            cfg,
+            margin=max(cfg.margin, 0.0),
+            f1_margin=min(cfg.f1_margin, 0.0),
+            dataset_tolerance=min(cfg.dataset_tolerance, RegistryConfig.dataset_tolerance),
+        )
+        strict = _compare(decision.challenger_metrics, decision.champion_metrics, bar)
+        if strict:
+            decision.forced += f"; at no regression the gate refuses it: {strict}"
 
-    tags = {
-        "gate.promoted": str(decision.promoted).lower(),
-        "gate.reason": decision.reason[:4000],
-        "gate.eval_n": str(len(eval_split)),
-        **{f"gate.{k}": f"{v:.6f}" for k, v in decision.challenger_metrics.items()},
+
+def _record(c: MlflowClient, name: str, decision: GateDecision) -> None:
+    """Tag the decision on its version: ``gate.<n>`` (a JSON record, n = 1, 2, ...; never
+    rewritten) and the ``gate.*`` tags of the latest decision, which replace the previous latest
+    ones (a key the new decision lacks, such as another split's ``gate.photos.accuracy``, goes)."""
+    version = decision.version
+    tags = c.get_model_version(name, version).tags
+    numbers = [int(m.group(1)) for key in tags if (m := DECISION_TAG.fullmatch(key))]
+    if not numbers and f"{GATE}promoted" in tags:  # the latest decision of a gate without history
+        legacy = {k.removeprefix(GATE): v for k, v in tags.items() if k.startswith(GATE)}
+        c.set_model_version_tag(name, version, f"{GATE}1", _fit_json(legacy | {"legacy": True}))
+        numbers = [1]
+    decision.number = max(numbers, default=0) + 1
+    record = {
+        k: v for k, v in asdict(decision).items() if k not in ("version", "infra", "number") and v != ""
     }
-    for key, value in tags.items():
-        c.set_model_version_tag(name, str(version), key, value)
-    if decision.promoted:
-        history = _history(c, name)
-        c.set_registered_model_alias(name, CHAMPION, str(version))
-        c.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, str(version)]))
-    return decision
+    c.set_model_version_tag(name, version, f"{GATE}{decision.number}", _fit_json(record))
+    latest = _latest_tags(decision)
+    for key in tags:
+        if key.startswith(GATE) and not DECISION_TAG.fullmatch(key) and key not in latest:
+            c.delete_model_version_tag(name, version, key)
+    for key, value in latest.items():
+        c.set_model_version_tag(name, version, key, value)
+
+
+def _latest_tags(d: GateDecision) -> dict[str, str]:
+    """The ``gate.*`` tags of decision ``d``: ``registry list`` and the MLflow UI show these."""
+    tags = {
+        "decision": str(d.number),
+        "time": d.time,
+        "promoted": str(d.promoted).lower(),
+        "reason": d.reason[:4000],
+        "champion_before": d.champion_before or "none",
+        "dataset": str(d.evaluated_on["dataset"])[:4000],
+        "dataset_version": str(d.evaluated_on["version"]),
+        "split": str(d.evaluated_on["split"]),
+        "eval_n": str(d.evaluated_on["n"]),
+        **{k: f"{v:.6f}" for k, v in d.margins.items()},
+        **{k: f"{v:.6f}" for k, v in d.challenger_metrics.items()},
+    }
+    if d.forced:
+        tags["forced"] = d.forced[:4000]
+    return {f"{GATE}{k}": v for k, v in tags.items()}
+
+
+def _fit_json(record: dict[str, Any]) -> str:
+    """``record`` as JSON within a tag value's :data:`TAG_VALUE_MAX` characters: its reason is
+    cut first, then its metrics go."""
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False)
+    for key in ("reason", "forced"):
+        if len(text) > TAG_VALUE_MAX and isinstance(record.get(key), str):
+            keep = max(0, len(record[key]) - (len(text) - TAG_VALUE_MAX) - 3)
+            record = {**record, key: record[key][:keep] + "..."}
+            text = json.dumps(record, sort_keys=True, ensure_ascii=False)
+    for key in ("champion_metrics", "challenger_metrics"):
+        if len(text) > TAG_VALUE_MAX:
+            record = {k: v for k, v in record.items() if k != key}
+            text = json.dumps(record, sort_keys=True, ensure_ascii=False)
+    return text
+
+
+def decisions(
+    version: str, config: RegistryConfig | None = None, tracking_uri: str | None = None
+) -> list[dict[str, Any]]:
+    """Every gate decision recorded on ``version``, oldest first (the ``gate.<n>`` records)."""
+    cfg = config or RegistryConfig()
+    c = client(tracking_uri)
+    version = _require_version(c, cfg.model_name, str(version))
+    tags = c.get_model_version(cfg.model_name, version).tags
+    numbered = {int(m.group(1)): v for k, v in tags.items() if (m := DECISION_TAG.fullmatch(k))}
+    return [{"number": n, **json.loads(numbered[n])} for n in sorted(numbered)]
 
 
 def rollback(config: RegistryConfig | None = None, tracking_uri: str | None = None) -> tuple[str, str]:
@@ -336,13 +561,14 @@ def rollback(config: RegistryConfig | None = None, tracking_uri: str | None = No
     cfg = config or RegistryConfig()
     c = client(tracking_uri)
     name = cfg.model_name
+    _require_model(c, name)
     history = _history(c, name)
     if len(history) < 2:
         raise RegistryError(f"{name}: no previous champion to roll back to (history {history})")
     current, previous = history[-1], history[-2]
     c.set_registered_model_alias(name, CHAMPION, previous)
     c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
-    c.set_model_version_tag(name, current, "rolled_back", "true")
+    c.set_model_version_tag(name, current, ROLLED_BACK_TAG, "true")
     return current, previous
 
 

@@ -87,6 +87,7 @@ CASES = [
     ("registry-register-no-store", f"registry register {RUN_ID}", {}, 2),
     ("registry-list-no-store", "registry list", {}, 2),
     ("registry-promote-missing-dataset", "registry promote --dataset {in}/nowhere", {}, 2),
+    ("registry-promote-negative-margin", "registry promote --margin -1", {}, 2),
     ("serve-port-too-high", "serve --port 70000", {}, 2),
     ("serve-port-zero", "serve --port 0", {}, 2),
     ("serve-workers-zero", "serve --workers 0", {}, 2),

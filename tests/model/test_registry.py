@@ -94,8 +94,9 @@ def test_gate_promotes_first_refuses_worse_and_rolls_back(
     assert CHAMPION in alias_of(cfg, v1.version)  # the champion stays
     assert tags["dataset_md5"] == "test-subset" and "git_commit" in tags
 
-    # a permissive gate lets the worse model through; rollback restores the previous champion
-    forced = promote(valid, classes, version=v2.version, config=replace(cfg, margin=-1.0, f1_margin=1.0))
+    # a permissive gate, forced, lets the worse model through; rollback restores the previous champion
+    permissive = replace(cfg, margin=-1.0, f1_margin=1.0)
+    forced = promote(valid, classes, version=v2.version, config=permissive, force=True)
     assert forced.promoted and CHAMPION in alias_of(cfg, v2.version)
     assert rollback(cfg) == (str(v2.version), str(v1.version))
     assert CHAMPION in alias_of(cfg, v1.version)
@@ -174,10 +175,11 @@ def test_gate_refuses_a_challenger_that_regresses_on_photos_while_it_improves_on
 
     ds = open_dataset(small_dataset)
     classes = ds.classes
-    # macro-F1 is left out (the small model is weak there): accuracy decides, overall and per source
+    # macro-F1 is left out (the small model is weak there), a lowered bar that needs force=True:
+    # accuracy decides, overall and per source
     cfg = RegistryConfig(model_name="ferflow-photos", f1_margin=1.0)
     champion_v = _register_onnx(REFERENCE_MODEL, cfg)
-    assert promote(ds.load("valid"), classes, config=cfg).promoted
+    assert promote(ds.load("valid"), classes, config=cfg, force=True).promoted
     challenger_v = register(runs["good"], cfg).version
     champion = FerClassifier(model_path(cfg.model_name, str(champion_v)))
     challenger = FerClassifier(model_path(cfg.model_name, str(challenger_v)))
@@ -201,7 +203,7 @@ def test_gate_refuses_a_challenger_that_regresses_on_photos_while_it_improves_on
     }
 
     mixed = _split_of({"ferplus": (ferplus, ferplus_part), "photos": (photos, photo_part)})
-    refused = promote(mixed, classes, config=cfg, label_sets=label_sets)
+    refused = promote(mixed, classes, config=cfg, label_sets=label_sets, force=True)
     assert not refused.promoted
     assert refused.reason.startswith("photos: accuracy regresses"), refused.reason
     assert refused.challenger_metrics["ferplus.accuracy"] > refused.champion_metrics["ferplus.accuracy"]
@@ -209,6 +211,124 @@ def test_gate_refuses_a_challenger_that_regresses_on_photos_while_it_improves_on
     assert CHAMPION in alias_of(cfg, champion_v)
 
     ferplus_only = _split_of({"ferplus": (ferplus, ferplus_part)})
-    promoted = promote(ferplus_only, classes, config=cfg, label_sets=label_sets)
+    promoted = promote(ferplus_only, classes, config=cfg, label_sets=label_sets, force=True)
     assert promoted.promoted, promoted.reason
     assert CHAMPION in alias_of(cfg, challenger_v)
+
+
+def _tags(cfg: RegistryConfig, version: str | int) -> dict[str, str]:
+    return dict(client().get_model_version(cfg.model_name, str(version)).tags)
+
+
+@pytest.mark.parametrize(
+    "lowered",
+    [{"margin": -0.01}, {"f1_margin": 0.05}, {"dataset_tolerance": 0.5}, {"margin": -1.0, "f1_margin": 1.0}],
+)
+def test_gate_below_no_regression_needs_force(lowered: dict[str, float]) -> None:
+    """The gate's bars cannot be talked down silently: no MLflow call is made without force."""
+    from ferflow.registry import RegistryUsageError, check_gate, lowered_bars
+
+    cfg = RegistryConfig(model_name="never-created", **lowered)
+    with pytest.raises(RegistryUsageError, match=r"below no regression.*--force"):
+        promote(None, [], config=cfg)  # type: ignore[arg-type]  # refused before the split is read
+    assert len(lowered_bars(cfg)) == len(lowered)
+    assert all(key in check_gate(cfg, force=True) for key in lowered)
+    # stricter settings and the defaults pass unforced; NaN is refused even with force
+    for strict in ({}, {"margin": 0.01}, {"f1_margin": -0.01}, {"dataset_tolerance": 0.0}):
+        assert check_gate(RegistryConfig(**strict)) == ""
+    with pytest.raises(RegistryUsageError, match="not a finite number"):
+        check_gate(RegistryConfig(margin=float("nan")), force=True)
+
+
+def test_every_decision_is_recorded_with_its_margins_data_and_split(
+    runs, small_dataset: Path, tracking: str
+) -> None:
+    """Decisions accumulate as gate.<n>; gate.* is the latest one alone (stale keys go); a forced
+    decision says so; a re-promoted version loses rolled_back."""
+    import json
+
+    from ferflow.registry import EvalSet, decisions
+
+    ds = open_dataset(small_dataset)
+    classes = ds.classes
+    on_valid = EvalSet.of(small_dataset, ds.meta, "valid")
+    on_train = EvalSet.of(small_dataset, ds.meta, "train")
+    cfg = RegistryConfig(model_name="ferflow-audit")
+    v1 = str(register(runs["good"], cfg).version)
+    assert promote(ds.load("valid"), classes, config=cfg, evaluated_on=on_valid).promoted
+    tags = _tags(cfg, v1)
+    assert (tags["gate.decision"], tags["gate.split"], tags["gate.dataset_version"]) == (
+        "1",
+        "valid",
+        "test-subset",
+    )
+    assert tags["gate.dataset"] == str(small_dataset) and tags["gate.eval_n"] == str(len(ds.load("valid")))
+    assert (tags["gate.margin"], tags["gate.f1_margin"], tags["gate.dataset_tolerance"]) == (
+        "0.000000", "0.000000", "0.020000",
+    )  # fmt: skip
+    assert "gate.forced" not in tags and json.loads(tags["gate.1"])["evaluated_on"]["split"] == "valid"
+
+    v2 = str(register(runs["worse"], cfg).version)
+    # v2 as an older ferflow left it: one latest decision, on a split with photos
+    for key, value in {"gate.promoted": "false", "gate.reason": "old", "gate.photos.accuracy": "0.5"}.items():
+        client().set_model_version_tag(cfg.model_name, v2, key, value)
+    refused = promote(ds.load("train"), classes, config=cfg, evaluated_on=on_train)
+    assert not refused.promoted and refused.number == 2
+    tags = _tags(cfg, v2)
+    assert json.loads(tags["gate.1"]) == {
+        "promoted": "false",
+        "reason": "old",
+        "photos.accuracy": "0.5",
+        "legacy": True,
+    }
+    assert "gate.photos.accuracy" not in tags  # no number of another split stays in the latest decision
+    assert tags["gate.split"] == "train" and tags["gate.reason"] == refused.reason
+
+    permissive = replace(cfg, margin=-1.0, f1_margin=1.0)
+    forced = promote(ds.load("valid"), classes, config=permissive, evaluated_on=on_valid, force=True)
+    assert forced.promoted and forced.number == 3 and "refuses it" in forced.forced
+    tags = _tags(cfg, v2)
+    assert tags["gate.split"] == "valid" and tags["gate.margin"] == "-1.000000"
+    assert tags["gate.forced"].startswith("margin -1.0000 < 0")
+    assert "FORCED" in forced.human() and "split valid" in forced.human()
+    assert rollback(cfg) == (v2, v1) and _tags(cfg, v2)["rolled_back"] == "true"
+
+    again = promote(
+        ds.load("valid"), classes, version=v2, config=permissive, evaluated_on=on_valid, force=True
+    )
+    assert again.promoted and "rolled_back" not in _tags(cfg, v2)
+    history = decisions(v2, cfg)
+    assert [d["number"] for d in history] == [1, 2, 3, 4]
+    assert [d.get("evaluated_on", {}).get("split") for d in history] == [None, "train", "valid", "valid"]
+    assert [d["promoted"] for d in history[1:]] == [False, True, True]
+    assert history[2]["margins"] == {"margin": -1.0, "f1_margin": 1.0, "dataset_tolerance": 0.02}
+    assert history[2]["forced"] == forced.forced and history[3]["champion_before"] == v1
+
+
+def test_cli_names_an_unknown_version_or_model_in_one_line(runs, small_dataset: Path, tracking: str) -> None:
+    from typer.testing import CliRunner
+
+    from ferflow.cli import app
+
+    cfg = RegistryConfig(model_name="ferflow-cli")
+    register(runs["good"], cfg)
+    runner = CliRunner()
+    base = ["registry", "promote", "--dataset", str(small_dataset)]
+    for args, expected in (
+        (["--name", cfg.model_name, "--version", "99"], "has no version '99' (its versions: 1; pass one"),
+        (["--name", "no-such-model"], "no registered model 'no-such-model'"),
+        (["--name", cfg.model_name, "--margin", "-1"], "below no regression: margin -1.0000 < 0"),
+    ):
+        res = runner.invoke(app, base + args)
+        assert res.exit_code == 2, res.output
+        assert res.stdout == "" and len(res.stderr.splitlines()) == 1, res.output
+        assert res.stderr.startswith("error: ") and expected in res.stderr, res.stderr
+    res = runner.invoke(app, ["registry", "rollback", "--name", "no-such-model"])
+    assert res.exit_code == 2 and "no registered model" in res.stderr, res.output
+    # the command line records its dataset, data version and split
+    res = runner.invoke(app, [*base, "--name", cfg.model_name, "--split", "train"])
+    assert res.exit_code == 0, res.output
+    tags = _tags(cfg, 1)
+    assert (tags["gate.dataset"], tags["gate.dataset_version"], tags["gate.split"]) == (
+        str(small_dataset), "test-subset", "train",
+    )  # fmt: skip
