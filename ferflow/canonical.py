@@ -13,14 +13,20 @@ Every ingest layout ends here and every trainer starts here. Arrays per split:
 ``dataset.json`` holds the classes, the label scheme and, under ``sources``, each source
 dataset's path, layout, DVC version, classes and gate summary. A dataset written before
 ``dataset`` existed reads as one source named by its ``source`` folder.
+
+:func:`write_dataset` writes into a temporary sibling folder ``.<name>.<8 characters>`` and
+renames it over the dataset; see there for how the folders of killed writers are cleaned up.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,14 @@ import numpy as np
 
 from ferflow.config import CANONICAL_FORMAT_VERSION, SPLIT_ORDER
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: stale temporary folders go by age alone
+    fcntl = None  # type: ignore[assignment]
+
 META_FILE = "dataset.json"
+WRITER_LOCK = ".writing"  # in a temporary folder while its writer runs; that writer holds a flock on it
+STALE_AFTER_S = 3600.0  # a temporary folder without a lock file, untouched this long, is abandoned
 
 
 @dataclass
@@ -128,17 +141,24 @@ def open_dataset(root: str | Path) -> CanonicalDataset:
 def write_dataset(out: str | Path, splits: dict[str, Split], meta: dict[str, Any]) -> Path:
     """Write all splits and the metadata atomically: ``out`` is either the old or the new dataset.
 
-    Files go to a temporary sibling directory first, which then replaces ``out`` with a rename,
-    so an interrupted ingest never leaves a half-written dataset behind.
+    Files go to a temporary sibling folder first, which then replaces ``out`` with a rename, so an
+    interrupted ingest never leaves a half-written dataset behind. The folder is created with
+    mode 0777 less the umask (0755 under the usual 022), like any folder the user makes.
+
+    A writer killed outright (``kill -9``, out of memory) leaves its temporary folder behind; each
+    successful write then removes the abandoned ones of ``out`` (:func:`remove_abandoned`).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _make_temp(out)
+    lock = None
     try:
+        lock = _hold_lock(tmp)
         for name, split in splits.items():
             np.savez(tmp / f"{name}.npz", **split.arrays())
         meta = {**meta, "format_version": CANONICAL_FORMAT_VERSION}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / WRITER_LOCK).unlink()  # not part of the dataset; the lock stays held until the rename
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -150,4 +170,90 @@ def write_dataset(out: str | Path, splits: dict[str, Split], meta: dict[str, Any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+    remove_abandoned(out)
     return out
+
+
+def _temp_name(out: Path) -> re.Pattern[str]:
+    """Names of ``out``'s temporary folders: ``.<name>.`` and 8 characters (hex here; the
+    ``tempfile.mkdtemp`` names of earlier versions too). ``.<name>.old`` is not one."""
+    return re.compile(re.escape(f".{out.name}.") + r"[a-z0-9_]{8}")
+
+
+def _make_temp(out: Path) -> Path:
+    """A new empty temporary folder next to ``out``, mode 0777 less the umask."""
+    for _ in range(100):
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary folder name", str(out.parent / f".{out.name}.*"))
+
+
+def _hold_lock(tmp: Path) -> int:
+    """Create ``tmp``'s lock file and hold an exclusive flock on it (the returned descriptor):
+    the kernel releases it when this process ends, however it ends."""
+    fd = os.open(tmp / WRITER_LOCK, os.O_CREAT | os.O_WRONLY, 0o666)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def is_abandoned(folder: Path, now: float | None = None) -> bool:
+    """Whether the temporary folder ``folder`` belongs to no running writer.
+
+    Its lock file exists and nobody holds its lock: the writer died (the kernel released the
+    lock). No lock file: abandoned only when the folder has not changed for
+    :data:`STALE_AFTER_S` (a writer between creating the folder and its lock file, or between
+    removing the lock file and the rename, changed it a moment ago; an older ferflow wrote none).
+    """
+    now = time.time() if now is None else now
+    try:
+        fd = os.open(folder / WRITER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            return now - folder.stat().st_mtime > STALE_AFTER_S
+        except FileNotFoundError:  # renamed or removed meanwhile
+            return False
+    except OSError:
+        return False
+    try:
+        if fcntl is None:  # pragma: no cover
+            return now - os.fstat(fd).st_mtime > STALE_AFTER_S
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its writer is alive
+            return False
+        return True
+    finally:
+        os.close(fd)  # releases the lock taken to test it
+
+
+def remove_abandoned(out: str | Path) -> list[Path]:
+    """Remove the temporary folders that killed writers of ``out`` left next to it: folders named
+    like ``out``'s temporary folders (``.<name>.<8 characters>``) that :func:`is_abandoned` says
+    no running writer owns. Another writer's live folder, and anything else, stay. Returns what
+    was removed."""
+    out = Path(out)
+    pattern = _temp_name(out)
+    removed = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        ours = pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+        if ours and is_abandoned(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
