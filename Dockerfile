@@ -43,13 +43,15 @@ WORKDIR /app
 # Everything runs from the installed wheel (`bentoml serve serving.service:FERService` imports
 # it from the venv); the reference model inside it is served when no other model is configured.
 # HOME and caches point at /tmp: the root filesystem is read-only in the Helm chart and
-# /tmp is an emptyDir there.
+# /tmp is an emptyDir there. `ferflow serve` binds 127.0.0.1 unless told otherwise; in the
+# image FERFLOW_HOST=0.0.0.0 makes it listen on every interface, so `docker run -p` reaches it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     BENTOML_HOME=/tmp/bentoml \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    FERFLOW_HOST=0.0.0.0
 USER 10001:10001
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=60s \

@@ -13,12 +13,25 @@ app = typer.Typer()
 
 
 SERVICE_TARGET = "serving.service:FERService"
+# Loopback by default: a server started from a shell is reachable from this machine only. The
+# container image sets FERFLOW_HOST=0.0.0.0 (Dockerfile) and the Helm chart passes --host 0.0.0.0:
+# there the port is published by Docker or the Service, and only all interfaces reach it.
+DEFAULT_HOST = "127.0.0.1"
+HOST_ENV = "FERFLOW_HOST"
 
 
 @app.command("serve")
 def serve_cmd(
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="HTTP port.")] = 3000,
-    host: Annotated[str, typer.Option("--host", help="interface to bind.")] = "0.0.0.0",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            envvar=HOST_ENV,
+            help="interface to bind: 127.0.0.1 serves this machine only; 0.0.0.0 every interface "
+            "(the container image's default, through FERFLOW_HOST).",
+        ),
+    ] = DEFAULT_HOST,
     workers: Annotated[
         int | None, typer.Option(min=1, help="worker processes (default FERFLOW_WORKERS or 1).")
     ] = None,

@@ -364,8 +364,9 @@ def test_deployment_is_hardened_and_probed(rendered: dict[str, Any], scenario: s
     assert port["name"] == "http"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "http"
-    # The server listens where the container port says.
-    assert container["command"] == ["ferflow", "serve", "--port", str(port["containerPort"])]
+    # The server listens where the container port says, on every interface (the CLI binds loopback).
+    serve = ["ferflow", "serve", "--host", "0.0.0.0", "--port", str(port["containerPort"])]
+    assert container["command"] == serve
     assert "cpu" in container["resources"]["requests"]
     assert "memory" in container["resources"]["limits"]
 
