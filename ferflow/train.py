@@ -8,10 +8,12 @@
 2. **data**: a stratified, seeded tuning split is carved out of ``train`` (the dataset's
    ``valid`` split is the *test* set and is only scored at the end); targets follow one of
    the four FERPlus label schemes; class-balanced sample weights; a ``tf.data`` pipeline with
-   seeded per-batch augmentation (:mod:`ferflow.augment`);
-3. **fit**: ``model.fit`` with AdamW/SGD, cosine or one-cycle schedule, a checkpoint of model
-   and optimizer after every epoch (``resume=True`` continues a killed run from its last
-   completed epoch), best-on-tuning-split selection and early stopping;
+   seeded per-batch augmentation (:mod:`ferflow.augment`), every batch a function of
+   ``(seed, step)`` only (:func:`batch_rows`);
+3. **fit**: ``model.fit`` with AdamW/SGD, cosine or one-cycle schedule, a checkpoint after
+   every epoch (weights, optimizer, dropout RNG, early-stopping state; ``resume=True``
+   continues a killed run from its last completed epoch as if it had never stopped),
+   best-on-tuning-split selection and early stopping;
 4. **evaluate + export**: ONNX export (int8 kept only if it costs ≤ 0.5 accuracy points on
    the tuning split), scored with :mod:`ferflow.evaluate` through the same ONNX predictor
    ``ferflow evaluate`` uses, so the recorded numbers are reproducible without TensorFlow;
@@ -243,26 +245,58 @@ def source_row_weights(split: Split, meta: dict[str, Any], weights: dict[str, fl
     return np.array([by_name.get(str(d), 1.0) for d in split.dataset], np.float32)
 
 
+def batch_rows(step, n: int, batch: int, steps_per_epoch: int, seed: int):
+    """Row indices (int64 ``[batch]``) of training batch ``step`` (global, from 0): stateless.
+
+    Epoch ``e = step // steps_per_epoch`` reads the rows in the order of a permutation of
+    ``0..n-1`` seeded by ``(seed, e)`` (a longer epoch continues with further permutations, one
+    per pass), so a batch depends on ``(seed, step)`` only, not on what was read before.
+    """
+    import tensorflow as tf
+
+    step = tf.cast(step, tf.int64)
+    epoch, pos = step // steps_per_epoch, step % steps_per_epoch
+    k = pos * batch + tf.range(batch, dtype=tf.int64)  # positions in the epoch's row stream
+    epoch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), epoch)
+    per_pass = tf.stack([tf.fill([batch], epoch_seed[0]), tf.fill([batch], epoch_seed[1]), k // n], axis=1)
+    # the raw op: tf.random.experimental.index_shuffle pads a batched [B, 2] seed on the wrong axis
+    return tf.raw_ops.RandomIndexShuffle(
+        index=k % n, seed=per_pass, max_index=tf.fill([batch], tf.constant(n - 1, tf.int64)), rounds=4
+    )
+
+
 def make_train_dataset(
     pixels: np.ndarray,
     targets: np.ndarray,
     weights: np.ndarray,
     cfg: TrainConfig,
     augment: bool = True,
+    *,
+    steps_per_epoch: int | None = None,
+    start_epoch: int = 0,
 ):
-    """Infinite, shuffled, batched, augmented ``(x, y, sample_weight)`` dataset."""
+    """Infinite, shuffled, batched, augmented ``(x, y, sample_weight)`` dataset from ``start_epoch``.
+
+    Every batch is a function of ``(cfg.seed, global step)`` alone: the rows (:func:`batch_rows`,
+    a fresh permutation per epoch), the augmentation and the drawn labels (stateless ops keyed on
+    ``[seed, step]``). Starting at epoch ``k`` therefore yields exactly the batches an
+    uninterrupted run reads from epoch ``k`` on, which is what makes ``resume`` exact.
+    ``steps_per_epoch`` defaults to the full batches in one pass over ``pixels``.
+    """
     import tensorflow as tf
 
     from ferflow.augment import augment_batch
 
+    n, b = len(pixels), cfg.batch_size
+    spe = steps_per_epoch or max(1, n // b)
     pld = LabelScheme(cfg.label_scheme) is LabelScheme.PROBABILITY
-    ds = tf.data.Dataset.from_tensor_slices((pixels[..., None], targets, weights))
-    ds = ds.shuffle(len(pixels), seed=cfg.seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(cfg.batch_size, drop_remainder=True).enumerate()
+    all_x, all_y = tf.constant(pixels[..., None]), tf.constant(targets, tf.float32)
+    all_w = tf.constant(weights, tf.float32)
 
-    def prepare(step, batch):
-        x, y, w = batch
-        x = tf.cast(x, tf.float32) * INPUT_SCALE
+    def prepare(step):
+        rows = batch_rows(step, n, b, spe, cfg.seed)
+        x = tf.cast(tf.gather(all_x, rows), tf.float32) * INPUT_SCALE
+        y, w = tf.gather(all_y, rows), tf.gather(all_w, rows)
         seed = tf.stack([tf.constant(cfg.seed, tf.int64), step])
         if pld:  # probabilistic label drawing: a fresh hard label from the vote distribution
             s = tf.random.experimental.stateless_fold_in(seed, 7)
@@ -270,8 +304,10 @@ def make_train_dataset(
             y = tf.one_hot(drawn, tf.shape(y)[1], dtype=tf.float32)
         if augment:
             x, y = augment_batch(x, y, cfg.augment, seed)
-        return x, tf.ensure_shape(y, [cfg.batch_size, targets.shape[1]]), w
+        x = tf.ensure_shape(x, [b, *pixels.shape[1:], 1])
+        return x, tf.ensure_shape(y, [b, targets.shape[1]]), tf.ensure_shape(w, [b])
 
+    ds = tf.data.Dataset.counter(start=start_epoch * spe, dtype=tf.int64)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -404,26 +440,24 @@ def _callbacks_module():
                 mlflow.log_metrics(row, step=epoch, run_id=self.mlflow_run)
 
     class BestKeeper(keras.callbacks.Callback):
-        """Keep the best weights on the tuning split and stop after ``patience`` bad epochs.
+        """Track the best tuning-split value and stop after ``patience`` epochs without gain.
 
-        Its state (best value, epoch, wait) lives next to the checkpoint so a resumed run
-        continues the same early-stopping decision.
+        Its state (best value, epoch, wait) goes to ``best.json`` every epoch and is committed
+        with each checkpoint (:func:`_checkpoint_class`); a resumed run passes the committed
+        ``state``, so early stopping decides exactly as in a run that was never killed.
         """
 
         def __init__(
-            self, run_dir: Path, monitor: str = "val_accuracy", patience: int = 8, keep_weights: bool = True
+            self,
+            run_dir: Path,
+            monitor: str = "val_accuracy",
+            patience: int = 8,
+            state: dict[str, Any] | None = None,
         ):
             super().__init__()
             self.state_path = run_dir / "best.json"
-            self.weights_path = run_dir / "best.weights.h5" if keep_weights else None
             self.monitor, self.patience = monitor, patience
-
-        def on_train_begin(self, logs=None):
-            self.state = (
-                json.loads(self.state_path.read_text())
-                if self.state_path.exists()
-                else {"best": -math.inf, "epoch": -1, "wait": 0}
-            )
+            self.state: dict[str, Any] = dict(state or {"best": -math.inf, "epoch": -1, "wait": 0})
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get(self.monitor)
@@ -431,8 +465,6 @@ def _callbacks_module():
                 return
             if value > self.state["best"]:
                 self.state.update(best=float(value), epoch=epoch, wait=0)
-                if self.weights_path:
-                    self.model.save_weights(self.weights_path, overwrite=True)
             else:
                 self.state["wait"] += 1
                 if self.patience and self.state["wait"] >= self.patience:
@@ -441,6 +473,98 @@ def _callbacks_module():
             self.state_path.write_text(json.dumps(self.state))
 
     return EpochLog, BestKeeper
+
+
+CHECKPOINT_META = "training_metadata.json"
+"""The checkpoint's commit record (the name Keras' ``BackupAndRestore`` used, so older runs resume)."""
+
+
+def _epoch_weights_name(epoch: int) -> str:
+    return f"epoch-{epoch + 1:04d}.weights.h5"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: a kill leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def seed_generators(model) -> list[Any]:
+    """The model's ``keras.random.SeedGenerator`` objects (dropout masks), in a stable order."""
+    seen: set[int] = set()
+    out: list[Any] = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for gen in getattr(layer, "_seed_generators", ()):
+            if id(gen) not in seen:
+                seen.add(id(gen))
+                out.append(gen)
+    return out
+
+
+def _checkpoint_class():
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Commit the training state after every epoch, in ``folder``.
+
+        First ``epoch-NNNN.weights.h5`` (model weights and the optimizer's slots and step, so the
+        learning-rate schedule's position), then :data:`CHECKPOINT_META`, atomically replaced:
+        the epochs done, that file, the seed generators' states (dropout), the best keeper's
+        state and the best epoch's file, which is kept for the final model. A kill at any point
+        leaves the previous commit intact; files no commit names are removed after each commit.
+        Place it after the callbacks whose state it records.
+        """
+
+        def __init__(self, folder: Path, keeper: Any):
+            super().__init__()
+            self.folder, self.keeper = folder, keeper
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            name = _epoch_weights_name(epoch)
+            self.model.save_weights(self.folder / name, overwrite=True)
+            best = dict(self.keeper.state)
+            meta = {
+                "epoch": epoch + 1,
+                "batch": 0,
+                "weights": name,
+                "best": best,
+                "best_weights": _epoch_weights_name(best["epoch"]) if best["epoch"] >= 0 else None,
+                "seed_generators": [
+                    keras.ops.convert_to_numpy(gen.state).tolist() for gen in seed_generators(self.model)
+                ],
+            }
+            _write_atomic(self.folder / CHECKPOINT_META, json.dumps(meta, indent=1))
+            for old in self.folder.glob("*.weights.h5"):
+                if old.name not in (name, meta["best_weights"]):
+                    old.unlink()
+
+    return EpochCheckpoint
+
+
+def restore_checkpoint(model, folder: Path) -> dict[str, Any]:
+    """Load the last committed epoch into ``model`` (built, compiled, optimizer built): weights,
+    optimizer slots and step, the seed generators' states. Returns the commit record (its
+    ``epoch`` is the number of epochs done), ``{}`` where nothing was committed."""
+    meta_path = folder / CHECKPOINT_META
+    if not meta_path.exists():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    model.load_weights(folder / meta.get("weights", "latest.weights.h5"))  # latest: BackupAndRestore's
+    states = meta.get("seed_generators")
+    if states is not None:
+        gens = seed_generators(model)
+        if len(gens) != len(states):
+            raise ValueError(
+                f"{folder}: the checkpoint has {len(states)} seed generators, the model {len(gens)}"
+            )
+        for gen, state in zip(gens, states, strict=True):
+            gen.state.assign(np.asarray(state, dtype=gen.state.dtype))
+    return meta
 
 
 def load_history(path: Path) -> list[dict[str, float]]:
@@ -582,7 +706,10 @@ def fit_model(
     """Build, compile and fit ``cfg.model``; returns the model with its best tuning-split weights.
 
     Writes ``history.json`` and ``best.json`` to ``run_dir``; with ``checkpoint`` also a
-    per-epoch checkpoint (what ``resume`` continues from) and ``best.weights.h5``.
+    per-epoch checkpoint (``checkpoint/``) and, at the end, ``best.weights.h5``. A committed
+    checkpoint in ``run_dir`` is continued from its next epoch, exactly: same weights, optimizer
+    state, learning rate, dropout RNG, early-stopping state and the same batches as a run that
+    was never interrupted (the data stream is keyed on (seed, epoch, step), not replayed).
     """
     import keras
 
@@ -598,27 +725,62 @@ def fit_model(
     # Without a distribution strategy Keras creates the optimizer's slots inside the first
     # traced step, and tf.function then traces the whole step a second time (~5 s a fit)
     model.optimizer.build(model.trainable_variables)
+    folder = run_dir / "checkpoint"
+    committed = restore_checkpoint(model, folder) if checkpoint else {}
+    initial_epoch = int(committed.get("epoch", 0))
+    history_path = run_dir / "history.json"
+    if committed:  # drop what an epoch that was never committed logged
+        history_path.write_text(
+            json.dumps([h for h in load_history(history_path) if h["epoch"] < initial_epoch])
+        )
     EpochLog, BestKeeper = _callbacks_module()
-    cbs = [
-        EpochLog(run_dir / "history.json", mlflow_run),
-        BestKeeper(run_dir, "val_accuracy", cfg.early_stopping_patience, keep_weights=checkpoint),
-        keras.callbacks.TerminateOnNaN(),
-        *callbacks,
-    ]
-    if checkpoint:  # without: no per-epoch checkpoint or best-weights files (two HDF5 writes an epoch)
-        cbs.insert(0, keras.callbacks.BackupAndRestore(str(run_dir / "checkpoint"), delete_checkpoint=False))
+    keeper = BestKeeper(
+        run_dir, "val_accuracy", cfg.early_stopping_patience, _committed_best(committed, run_dir)
+    )
+    cbs = [EpochLog(history_path, mlflow_run), keeper, keras.callbacks.TerminateOnNaN()]
+    if checkpoint:  # without: no per-epoch checkpoint or best-weights files (an HDF5 write an epoch)
+        cbs.append(_checkpoint_class()(folder, keeper))  # after the callbacks whose state it commits
     model.fit(
-        make_train_dataset(data.fit.pixels, data.targets, data.weights, cfg),
+        make_train_dataset(
+            data.fit.pixels,
+            data.targets,
+            data.weights,
+            cfg,
+            steps_per_epoch=data.steps_per_epoch,
+            start_epoch=initial_epoch,
+        ),
+        initial_epoch=initial_epoch,
         epochs=cfg.epochs,
         steps_per_epoch=data.steps_per_epoch,
         validation_data=make_eval_dataset(data.tune.pixels, data.tune.label, data.num_classes),
-        callbacks=cbs,
+        callbacks=[*cbs, *callbacks],
         verbose=verbose,
         shuffle=False,  # the training dataset shuffles itself (seeded); Keras would warn and ignore it
     )
-    if (run_dir / "best.weights.h5").exists():
-        model.load_weights(run_dir / "best.weights.h5")
+    if checkpoint:
+        _load_best_weights(model, run_dir)
     return model
+
+
+def _committed_best(committed: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The best keeper's state at the committed epoch (a BackupAndRestore-era run: best.json)."""
+    if not committed:
+        return None
+    if "best" in committed:
+        return committed["best"]
+    path = run_dir / "best.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _load_best_weights(model, run_dir: Path) -> None:
+    """Copy the committed best epoch's checkpoint to ``best.weights.h5`` and load it."""
+    meta_path = run_dir / "checkpoint" / CHECKPOINT_META
+    name = json.loads(meta_path.read_text()).get("best_weights") if meta_path.exists() else None
+    best = run_dir / "best.weights.h5"
+    if name and (run_dir / "checkpoint" / name).exists():
+        shutil.copyfile(run_dir / "checkpoint" / name, best)
+    if best.exists():
+        model.load_weights(best)
 
 
 def as_float32(model, cfg: TrainConfig, num_classes: int):
@@ -656,8 +818,9 @@ def train(
 
     ``run_dir`` holds the checkpoint, history and outputs (default
     ``artifacts/train/<model>``). Without ``resume`` an existing run there is discarded;
-    with it the run continues from its last completed epoch, optimizer state included, in
-    the same MLflow run. ``steps_per_epoch`` / ``limit_train`` bound smoke runs.
+    with it the run continues from its last completed epoch, in the same MLflow run, as if it
+    had never stopped: same weights, optimizer state, learning rate, dropout RNG, early-stopping
+    state and batches (:func:`fit_model`). ``steps_per_epoch`` / ``limit_train`` bound smoke runs.
     ``export_dir`` additionally receives model.onnx, metrics.json and MODEL_CARD.md.
     ``verbose``: Keras progress bar (1) on a terminal, one line per epoch (2) otherwise.
     ``checkpoint=False`` writes no per-epoch checkpoint and no best weights: the run cannot be
