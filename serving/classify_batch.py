@@ -23,7 +23,7 @@ import numpy as np
 
 from ferflow.config import IMAGE_SIZE
 from ferflow.inference import InferenceError, PayloadTooLarge, UnsupportedFormat
-from serving.gate import App, Message, Scope, Send, send_error
+from serving.gate import App, Message, Scope, Send, replay_body, send_error
 from serving.memory import trim
 
 SHAPE_HINT = f'send {{"faces": [crop, ...]}}, each crop {IMAGE_SIZE} rows of {IMAGE_SIZE} integers 0..255'
@@ -80,13 +80,8 @@ async def _call(app: App, scope: Scope, body: bytes) -> tuple[int, bytes]:
     sub = {**scope, "headers": headers}
     answered = anyio.Event()
     status, out = 500, bytearray()
-    pending = True
 
-    async def receive() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def disconnect_when_answered() -> Message:
         await answered.wait()  # nothing else to read: a "disconnect" once the answer is in
         return {"type": "http.disconnect"}
 
@@ -99,7 +94,7 @@ async def _call(app: App, scope: Scope, body: bytes) -> tuple[int, bytes]:
             if not message.get("more_body"):
                 answered.set()
 
-    await app(sub, receive, send)
+    await app(sub, replay_body(body, disconnect_when_answered), send)
     return status, bytes(out)
 
 

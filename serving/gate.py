@@ -198,7 +198,7 @@ class RequestGate:
             body = await self._read_body(scope, receive, send, limit, request_id)
             if body is None:  # answered (408, 413, 400), or the client went away
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         if self.active >= self.config.max_concurrency:
             message = f"too many requests in progress (limit {self.config.max_concurrency}); retry later"
             await send_error(send, 429, message, "TooManyRequests", request_id)
@@ -253,7 +253,7 @@ class RequestGate:
             return None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """``receive`` for the app: the body already read, then the client's own messages
     (a disconnect)."""
     pending = True

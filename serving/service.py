@@ -433,20 +433,16 @@ VIDEO_ACCEPTED = ok(
 )
 
 
-@http.post(
-    "/analyze_video",
-    openapi_extra=_video_body(),
-    tags=["Video"],
-    status_code=202,
-    responses={**VIDEO_ACCEPTED, **VIDEO_ERRORS},
-)
-@http.post(
-    "/analyze_video/submit",
-    openapi_extra=_video_body(),
-    tags=["Video"],
-    status_code=202,
-    responses={**VIDEO_ACCEPTED, **VIDEO_ERRORS},
-)
+VIDEO_SUBMIT = {
+    "openapi_extra": _video_body(),
+    "tags": ["Video"],
+    "status_code": 202,
+    "responses": {**VIDEO_ACCEPTED, **VIDEO_ERRORS},
+}
+
+
+@http.post("/analyze_video", **VIDEO_SUBMIT)
+@http.post("/analyze_video/submit", **VIDEO_SUBMIT)  # BentoML's task route name
 async def analyze_video(request: Request) -> JSONResponse:
     """Submit a video (multipart field ``video``; optional fields ``fps``, ``start``, ``end``,
     ``smooth``): checked at once, analysed in the background. Answers 202 with the task id."""
