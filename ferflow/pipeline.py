@@ -435,7 +435,7 @@ def register_and_promote_step(
     from ferflow.canonical import open_dataset
     from ferflow.config import RegistryConfig
     from ferflow.evaluate import source_label_sets
-    from ferflow.registry import decision_dict, promote, register
+    from ferflow.registry import EvalSet, decision_dict, promote, register
 
     if not mlflow_run_id:
         raise PipelineError("the training step logged no MLflow run (track=False): nothing to register")
@@ -449,6 +449,7 @@ def register_and_promote_step(
         version=str(version.version),
         config=cfg,
         label_sets=source_label_sets(ds.meta),
+        evaluated_on=EvalSet.of(dataset_dir, ds.meta, split),
     )
     print(decision.human(), flush=True)
     return decision_dict(decision) | {"registered_model": registered_model, "eval_split": split}

@@ -118,6 +118,9 @@ def test_smoke_profile_end_to_end_registers_a_champion(
     assert "champion" in version["aliases"] and "challenger" in version["aliases"]
     assert version["dataset_md5"] == data_version
     assert version["git_commit"] and version["gate.promoted"] == "true"
+    # the decision names what it was measured on: the ingested dataset's data version and split
+    assert version["gate.split"] == run.promotion["eval_split"] != "unknown"
+    assert version["gate.dataset_version"] == data_version
     # FERPlus and the photos, each through its own gate, each scored apart by the promotion gate
     assert {"gate.ferplus.accuracy", "gate.photos.accuracy"} <= set(version)
     docs = run.run_dir / "pull-and-ingest" / "data_docs"
