@@ -12,7 +12,7 @@ whatever the server would load: ``FERFLOW_MODEL`` / ``FERFLOW_MODEL_URI`` / the 
    concurrency 64: errors must be 0 and the server's RSS (all its processes) may grow < 5 %
    from the end of the warm-up to the end of the soak. ``--soak-rounds K`` repeats the soak on
    the same server and reports each round's growth: a leak grows every round, a high-water
-   mark levels off.
+   mark levels off. ``--soak-kind classify`` soaks with ``/classify`` crops only.
 
     .venv/bin/python bench/serving.py                     # everything, ~3 min on 2 cores
     .venv/bin/python bench/serving.py --soak 2000 --json out.json
@@ -589,7 +589,7 @@ def only_mode(args: argparse.Namespace, server_env: dict[str, str]) -> None:
 def soak(
     server: Server, heavy: Callable[..., Any], mix: list[tuple[str, bytes]], args: argparse.Namespace
 ) -> list[dict]:
-    """``--soak-rounds`` soaks of ``--soak`` mixed requests at concurrency 64, RSS sampled."""
+    """``--soak-rounds`` soaks of ``--soak`` requests (``--soak-kind``) at concurrency 64, RSS sampled."""
     rounds = []
     rss_start = server.rss_bytes()
     for r in range(args.soak_rounds):
@@ -630,6 +630,12 @@ def parse_args() -> tuple[argparse.Namespace, dict[str, str]]:
     ap.add_argument("--soak", type=int, default=20000, help="soak requests at concurrency 64 (0: skip)")
     ap.add_argument("--warm-up", type=int, default=2000, help="mixed requests at concurrency 64 first")
     ap.add_argument("--max-seconds", type=float, default=120, help="time limit of each phase")
+    ap.add_argument(
+        "--soak-kind",
+        choices=("mixed", "classify"),
+        default="mixed",
+        help="the soak's traffic: mixed (9 in 10 /classify, 1 in 10 /predict) or only /classify",
+    )
     ap.add_argument("--soak-seconds", type=float, default=600, help="time limit of the soak")
     ap.add_argument(
         "--soak-rounds",
@@ -706,7 +712,7 @@ def main() -> None:
 
         # warm-up: every request kind at the soak's concurrency, so that first-touch allocations
         # (connection buffers, 64 requests in flight, the largest batches) are not counted as growth
-        mix = mixed_jobs(crops, photo_reqs)
+        mix = mixed_jobs(crops, photo_reqs) if args.soak_kind == "mixed" else crops
         asyncio.run(load(server.url, "warm-up", crops, 300, 32, 30))
         asyncio.run(load(server.url, "warm-up", photo_reqs, 50, 4, 30))
         if args.warm_up:

@@ -303,6 +303,35 @@ class Precision(StrEnum):
     MIXED_FLOAT16 = "mixed_float16"
 
 
+class DistributeMode(StrEnum):
+    """How ``ferflow train`` spreads one fit over devices and processes (ferflow.distribute)."""
+
+    AUTO = "auto"  # TF_CONFIG set: multi-worker; several GPUs: mirrored; else none
+    NONE = "none"
+    MIRRORED = "mirrored"  # the local devices of one process (GPUs, or logical CPU devices)
+    MULTI_WORKER = "multi-worker"  # one process per worker, TF_CONFIG names the cluster
+
+
+class HeadName(StrEnum):
+    """The classifier on top of the trained backbone's features."""
+
+    SOFTMAX = "softmax"  # the network's own dense softmax layer
+    XGBOOST = "xgboost"  # gradient-boosted trees on the penultimate features (ferflow.xgb_head)
+
+
+@dataclass(frozen=True)
+class XGBoostHeadConfig:
+    """The ``head: xgboost`` fit on the backbone's penultimate features (ferflow.xgb_head)."""
+
+    n_estimators: int = 400
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    early_stopping_rounds: int = 30  # on the tuning split
+    tree_method: str = "hist"
+
+
 class Runtime(StrEnum):
     """The engine that runs an exported ONNX model (``FerClassifier``; ``FERFLOW_RUNTIME``)."""
 
@@ -372,6 +401,9 @@ class TrainConfig:
     early_stopping_patience: int = 10
     seed: int = 42
     precision: Precision = Precision.AUTO
+    distribute: DistributeMode = DistributeMode.AUTO
+    head: HeadName = HeadName.SOFTMAX
+    xgboost: XGBoostHeadConfig = field(default_factory=XGBoostHeadConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     quantize_int8: bool = True  # keep the int8 ONNX only if it costs <= 0.5 accuracy points
     tta: TestTimeAugmentation = TestTimeAugmentation.HFLIP  # written into the export's metadata ...

@@ -44,6 +44,7 @@ import numpy as np
 from ferflow.canonical import CanonicalDataset, Split, open_dataset
 from ferflow.config import (
     EXPORT_ONLY_FIELDS,
+    HeadName,
     LabelScheme,
     OptimizerName,
     Paths,
@@ -914,6 +915,11 @@ def export_and_score(
     meta = {"tta": extras["tta"], "train_prior": json.dumps(train_prior(data))}
     fp32_path = ex.export_onnx(model, run_dir / "model_fp32.onnx", data.classes, meta)
     extras["export_agreement"] = ex.check_agreement(model, fp32_path, data.tune.pixels[:512])
+    if HeadName(cfg.head) is HeadName.XGBOOST:
+        from ferflow.xgb_head import attach_xgboost_head
+
+        # rewrites fp32_path as one graph (backbone features, then the trees): serving stays ONNX-only
+        extras |= attach_xgboost_head(fp32_path, data, cfg)
     onnx_path = run_dir / "model.onnx"
     shutil.copyfile(fp32_path, onnx_path)
     extras["onnx_precision"] = "fp32"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ferflow.cli.common import PATHS, USAGE, fail, load_splits, require_dataset, require_sqlite_file
-from ferflow.config import SourceFormat
+from ferflow.config import DistributeMode, HeadName, SourceFormat
 
 app = typer.Typer()
 
@@ -66,6 +66,20 @@ def train_cmd(
             help="storage of --from-study (default: $FERFLOW_OPTUNA_STORAGE, else sqlite:///optuna.db)."
         ),
     ] = None,
+    distribute: Annotated[
+        DistributeMode | None,
+        typer.Option(
+            help="spread the fit: auto (TF_CONFIG set: multi-worker; several GPUs: mirrored; "
+            "else none). Default: the recipe's `distribute`."
+        ),
+    ] = None,
+    head: Annotated[
+        HeadName | None,
+        typer.Option(
+            help="classifier on the backbone's features: softmax, or xgboost (trees, exported "
+            "into the same ONNX graph). Default: the recipe's `head`."
+        ),
+    ] = None,
     print_recipe: Annotated[
         bool, typer.Option("--print-recipe", help="print the resolved recipe as YAML and exit.")
     ] = False,
@@ -77,7 +91,8 @@ def train_cmd(
     from ferflow.recipes import RecipeError, dump_recipe, load_recipe
 
     try:
-        cfg = load_recipe(config, overrides or ())
+        flags = [f"{k}={v.value}" for k, v in (("distribute", distribute), ("head", head)) if v is not None]
+        cfg = load_recipe(config, [*(overrides or ()), *flags])
     except RecipeError as exc:
         raise fail(f"error: {exc}", USAGE) from exc
     if print_recipe:
