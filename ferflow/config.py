@@ -529,6 +529,24 @@ def get_profile(name: str) -> PipelineProfile:
 
 
 @dataclass(frozen=True)
+class TrainJobConfig:
+    """The training step as a Kubeflow ``TFJob`` (Training Operator v1, kubeflow.org/v1): with
+    ``workers`` > 1 the pipeline's train step submits one, waits for it and collects its model
+    (ferflow.trainjob); 0 or 1 trains inside the step as before. Compile time only."""
+
+    workers: int = 0  # TFJob Worker replicas; > 1: the distributed branch
+    gpus_per_worker: int = 0  # accelerators (ClusterConfig.accelerator) per worker pod
+    cpu: str = "8"  # per worker pod
+    memory: str = "16G"  # per worker pod, request and limit
+    namespace: str = ""  # "": the namespace the pipeline's pod runs in
+    service_account: str = ""  # the workers' ServiceAccount ("": the namespace's default)
+    timeout_s: int = 6 * 3600  # the pipeline gives up (and deletes the job) after this long
+    poll_s: float = 30.0  # seconds between two reads of the job's status
+    backoff_limit: int = 3  # pod restarts the operator allows (retryable exit codes only)
+    ttl_after_finished_s: int = 24 * 3600  # the operator deletes the finished job after this
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Compile-time settings for a Kubernetes cluster (no effect under kfp.local).
 
@@ -547,6 +565,7 @@ class ClusterConfig:
     # (ENV_VAR, secret name, secret key) set on every step from Kubernetes Secrets, e.g.
     # ("MLFLOW_TRACKING_URI", "ferflow-db", "mlflow-uri"); credentials never enter the IR YAML
     secret_env: tuple[tuple[str, str, str], ...] = ()
+    train_job: TrainJobConfig = field(default_factory=TrainJobConfig)  # workers > 1: a TFJob
 
 
 # --- hyper-parameter tuning (ferflow.tune; Optuna) ---

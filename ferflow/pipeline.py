@@ -355,6 +355,12 @@ def train_step(
             steps_per_epoch=steps_per_epoch or None,
             limit_train=limit_train or None,
         )
+    return train_outputs(result, config, started, model_dir)
+
+
+def train_outputs(result: Any, config: TrainConfig, started: float, model_dir: str | Path) -> dict[str, Any]:
+    """What the train step hands on (metrics, model metadata, the card's path), from a
+    :class:`~ferflow.train.TrainResult`; the distributed train step's chief sends the same."""
     test = result.metrics.get("test", {})
     metrics = {
         "epochs_run": len(result.history),
