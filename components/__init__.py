@@ -10,6 +10,10 @@ Tuning is three components: ``tune_setup`` (create/resume the Optuna study), ``t
 (fanned out with dsl.ParallelFor, every worker on the same RDB study) and ``tune_finalize``
 (fan-in through dsl.Collected; the best parameters feed ``train_model``).
 
+``train_job`` replaces ``train_model`` when the pipeline is compiled with
+``ClusterConfig.train_job.workers`` > 1: the training runs as a Kubeflow TFJob of that many
+workers, and the step waits for it and collects its model (ferflow.trainjob).
+
 ``evaluate_model`` returns the quality-floor decision as its ``Output: bool``; inside the
 pipeline's promotion ``dsl.If`` on it, ``register_and_promote`` registers the model and runs the
 registry gate (ferflow.registry: infra-validation, then champion/challenger comparison); it is
@@ -152,6 +156,39 @@ def train_model(
         steps_per_epoch,
         track,
     )
+    model.metadata.update(out["model"])
+    shutil.copyfile(out["card"], model_card.path)
+    log_metrics(metrics, out["metrics"])
+
+
+@component
+def train_job(
+    dataset: Input[Dataset],
+    model_name: str,
+    epochs: int,
+    limit_train: int,
+    steps_per_epoch: int,
+    track: bool,
+    tuned_params: str,
+    cluster: str,
+    image: str,
+    run_id: str,
+    model: Output[Model],
+    model_card: Output[Markdown],
+    metrics: Output[Metrics],
+):
+    """train-model as a Kubeflow TFJob (ferflow.trainjob): stage the data in MLflow, run
+    ``workers`` pods with MultiWorkerMirroredStrategy, wait, collect the chief's model. Same
+    outputs as ``train_model``; ``cluster`` is the compile-time ClusterConfig (JSON)."""
+    import shutil
+
+    from ferflow.pipeline import log_metrics
+    from ferflow.trainjob import TrainJobError, WorkerSpec, cluster_from_json, job_name, train_job_step
+
+    if not track:
+        raise TrainJobError("the distributed train step hands its model over through MLflow: set track=true")
+    spec = WorkerSpec(job_name(run_id), "", model_name, epochs, tuned_params, limit_train, steps_per_epoch)
+    out = train_job_step(dataset.path, model.path, spec, cluster_from_json(cluster), image)
     model.metadata.update(out["model"])
     shutil.copyfile(out["card"], model_card.path)
     log_metrics(metrics, out["metrics"])

@@ -16,7 +16,9 @@ Parameters are the fields of :class:`ferflow.config.PipelineProfile` (``profile.
 their defaults are the ``default`` profile's. Caching is on for every step except the three
 that must always run: resolve-data (the data may have changed), summarize-run and the exit
 handler. ``build_pipeline(cluster)`` adds the cluster-only settings (resources, accelerators,
-retries, node selectors) at compile time; kfp.local ignores them.
+retries, node selectors) at compile time; kfp.local ignores them. With
+``cluster.train_job.workers`` > 1 the train step is train-job: a Kubeflow TFJob of that many
+workers (ferflow.trainjob), whose model and metrics enter the same downstream steps.
 """
 
 from kfp import dsl
@@ -28,12 +30,14 @@ from components import (
     register_and_promote,
     resolve_data,
     summarize_run,
+    train_job,
     train_model,
     tune_finalize,
     tune_setup,
     tune_worker,
 )
-from ferflow.config import PIPELINE_NAME, PROFILES, ClusterConfig
+from ferflow.config import PIPELINE_IMAGE, PIPELINE_NAME, PROFILES, ClusterConfig
+from ferflow.trainjob import cluster_to_json
 
 _D = PROFILES["default"].arguments()
 
@@ -98,10 +102,30 @@ def _tuning_steps(cluster: ClusterConfig, dataset, **study) -> dsl.PipelineTask:
     return tuned
 
 
+def _training_step(cluster: ClusterConfig, dataset, tuned, **training) -> dsl.PipelineTask:
+    """train-model in its pod, or, with ``cluster.train_job.workers`` > 1, train-job: a TFJob of
+    that many workers, which this light step submits, waits for and collects. Not retried: the
+    operator restarts pre-empted workers, and a restarted step adopts the job of its run."""
+    if cluster.train_job.workers <= 1:
+        trained = train_model(dataset=dataset, tuned_params=tuned.outputs["Output"], **training)
+        _configure_cluster(trained, cluster, heavy=True)
+        return trained
+    trained = train_job(
+        dataset=dataset,
+        tuned_params=tuned.outputs["Output"],
+        cluster=cluster_to_json(cluster),
+        image=PIPELINE_IMAGE,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **training,
+    )
+    _configure_cluster(trained, cluster, retry=False)
+    return trained
+
+
 def _model_steps(cluster: ClusterConfig, dataset, tuned, registered_model, floors, **training):
-    """train-model, evaluate-model, and register-and-promote inside the promotion dsl.If."""
-    trained = train_model(dataset=dataset, tuned_params=tuned.outputs["Output"], **training)
-    _configure_cluster(trained, cluster, heavy=True)
+    """train-model (or train-job), evaluate-model, and register-and-promote inside the
+    promotion dsl.If."""
+    trained = _training_step(cluster, dataset, tuned, **training)
     evaluation = evaluate_model(model=trained.outputs["model"], dataset=dataset, **floors)
     _configure_cluster(evaluation, cluster)
     with dsl.If(evaluation.outputs["Output"] == True, name="promotion-gate"):  # noqa: E712

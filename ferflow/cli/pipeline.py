@@ -48,6 +48,19 @@ TolerationOpt = Annotated[
     list[str] | None,
     typer.Option("--toleration", help="KEY=VALUE:EFFECT for the train step (repeatable; kfp-kubernetes)."),
 ]
+TrainWorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--train-workers",
+        min=0,
+        help="> 1: train as a Kubeflow TFJob of this many workers (MultiWorkerMirroredStrategy); "
+        "0 or 1: in the train step's pod.",
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    int,
+    typer.Option("--gpus-per-worker", min=0, help="accelerators per TFJob worker (with --train-workers)."),
+]
 RetriesOpt = Annotated[
     int | None,
     typer.Option("--retries", min=0, help="retries of each step on a cluster [default: ClusterConfig]."),
@@ -65,9 +78,21 @@ def _profile_arguments(profile: str, **overrides):
 
 
 def _cluster_config(
-    gpus: int, node_selector: list[str] | None, toleration: list[str] | None, retries: int | None
+    gpus: int,
+    node_selector: list[str] | None,
+    toleration: list[str] | None,
+    retries: int | None,
+    train_workers: int = 0,
+    gpus_per_worker: int = 0,
 ):
-    from ferflow.config import ClusterConfig
+    from ferflow.config import ClusterConfig, TrainJobConfig
+
+    if gpus_per_worker and train_workers <= 1:
+        raise fail(
+            f"error: --gpus-per-worker {gpus_per_worker} needs --train-workers 2 or more "
+            "(for the in-step training use --gpus)",
+            USAGE,
+        )
 
     selectors: dict[str, str] = {}
     for item in node_selector or []:
@@ -87,7 +112,24 @@ def _cluster_config(
         tolerations.append((key, value, effect))
     if retries is None:
         retries = ClusterConfig().retries
-    return ClusterConfig(gpus=gpus, node_selector=selectors, tolerations=tuple(tolerations), retries=retries)
+    job = TrainJobConfig(workers=train_workers, gpus_per_worker=gpus_per_worker)
+    return ClusterConfig(
+        gpus=gpus, node_selector=selectors, tolerations=tuple(tolerations), retries=retries, train_job=job
+    )
+
+
+def _compile_settings(package: Path | None, train_workers: int, gpus_per_worker: int):
+    """The ClusterConfig submit/schedule compile with; a --package was compiled already."""
+    if package is not None:
+        require_path(package, "--package", folder=False, hint="write one with `ferflow pipeline compile`")
+        if train_workers or gpus_per_worker:
+            raise fail(
+                "error: --train-workers/--gpus-per-worker are compile settings: pass them to "
+                "`ferflow pipeline compile`, not with --package",
+                USAGE,
+            )
+        return None
+    return _cluster_config(0, None, None, None, train_workers, gpus_per_worker)
 
 
 def _check_cron(cron: str) -> None:
@@ -115,9 +157,11 @@ def pipeline_compile(
     node_selector: NodeSelectorOpt = None,
     toleration: TolerationOpt = None,
     retries: RetriesOpt = None,
+    train_workers: TrainWorkersOpt = 0,
+    gpus_per_worker: GpusPerWorkerOpt = 0,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML (upload it or use it with submit --package)."""
-    cluster = _cluster_config(gpus, node_selector, toleration, retries)
+    cluster = _cluster_config(gpus, node_selector, toleration, retries, train_workers, gpus_per_worker)
     from pipelines.driver import compile_pipeline, read_pipeline_spec  # kfp: after the checks
 
     try:
@@ -184,18 +228,19 @@ def pipeline_submit(
     data_version: DataVersionOpt = None,
     model: ModelOpt = None,
     epochs: EpochsOpt = None,
+    train_workers: TrainWorkersOpt = 0,
+    gpus_per_worker: GpusPerWorkerOpt = 0,
 ) -> None:
     """Create one run of the training pipeline on a Kubeflow cluster."""
     args = _profile_arguments(
         profile, data_version=data_version, model_name=model.value if model else None, epochs=epochs
     )
-    if package is not None:
-        require_path(package, "--package", folder=False, hint="write one with `ferflow pipeline compile`")
+    cluster = _compile_settings(package, train_workers, gpus_per_worker)
     from ferflow.pipeline import PipelineError
     from pipelines.driver import submit
 
     try:
-        run_id = submit(host, args, experiment, run_name, namespace, package)
+        run_id = submit(host, args, experiment, run_name, namespace, package, cluster)
     except PipelineError as exc:
         raise fail(f"error: {exc}", USAGE) from exc
     typer.echo(f"submitted run {run_id} (profile {profile}) to {host}")
@@ -214,17 +259,42 @@ def pipeline_schedule(
     package: PackageOpt = None,
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", min=1, help="runs at once.")] = 1,
     catchup: Annotated[bool, typer.Option("--catchup/--no-catchup", help="backfill missed runs.")] = False,
+    train_workers: TrainWorkersOpt = 0,
+    gpus_per_worker: GpusPerWorkerOpt = 0,
 ) -> None:
     """Create a recurring run (scheduled retraining) of the training pipeline."""
     args = _profile_arguments(profile)
     _check_cron(cron)
-    if package is not None:
-        require_path(package, "--package", folder=False, hint="write one with `ferflow pipeline compile`")
+    cluster = _compile_settings(package, train_workers, gpus_per_worker)
     from ferflow.pipeline import PipelineError
     from pipelines.driver import schedule
 
     try:
-        rr = schedule(host, cron, args, experiment, name, namespace, max_concurrency, catchup, package)
+        rr = schedule(
+            host, cron, args, experiment, name, namespace, max_concurrency, catchup, package, cluster
+        )
     except PipelineError as exc:
         raise fail(f"error: {exc}", USAGE) from exc
     typer.echo(f"recurring run {rr.recurring_run_id} ({cron}, profile {profile}) created on {host}")
+
+
+@app.command("job-worker")
+def pipeline_job_worker(
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="where the pod keeps the data and its run.")
+    ] = Path("/tmp/ferflow-job"),
+) -> None:
+    """One worker of the distributed train step (a TFJob pod runs it): the spec comes from
+    $FERFLOW_TRAINJOB, the cluster from the TF_CONFIG the Training Operator sets."""
+    import os
+
+    from ferflow.trainjob import SPEC_ENV, TrainJobError, WorkerSpec, run_worker
+
+    text = os.environ.get(SPEC_ENV)
+    if not text:
+        raise fail(f"error: ${SPEC_ENV} is not set; this command runs inside the pipeline's TFJob", USAGE)
+    try:
+        run_id = run_worker(WorkerSpec.from_json(text), work_dir)
+    except TrainJobError as exc:
+        raise fail(f"error: {exc}", USAGE) from exc
+    typer.echo(f"chief: MLflow run {run_id} holds the model" if run_id else "worker done")
