@@ -415,14 +415,19 @@ def run_worker(spec: WorkerSpec, work_dir: str | Path, tf_config: str | None = N
     if not chief or result.mlflow_run_id is None:
         return None
     out = train_outputs(result, cfg, started, export)
-    client = mlflow.MlflowClient()
-    run_id = result.mlflow_run_id
+    publish_chief_run(result.mlflow_run_id, export, out, spec.job)
+    return result.mlflow_run_id
+
+
+def publish_chief_run(run_id: str, export: Path, out: dict[str, Any], job: str) -> None:
+    """On the chief's MLflow run: the export folder, the step's outputs, then the job's tag
+    (last: a run found by the tag is complete)."""
+    client = _mlflow().MlflowClient()
     client.log_artifacts(run_id, str(export), EXPORT_PATH)
-    outputs = {"metrics": out["metrics"], "model": {**out["model"], "train_job": spec.job}}
+    outputs = {"metrics": out["metrics"], "model": {**out["model"], "train_job": job}}
     client.log_dict(run_id, outputs, OUTPUTS_FILE)
     client.set_tag(run_id, ROLE_TAG, "chief")
-    client.set_tag(run_id, JOB_TAG, spec.job)  # last: a tagged run is a complete one
-    return run_id
+    client.set_tag(run_id, JOB_TAG, job)
 
 
 def collect(job: str, experiment: str, model_dir: str | Path) -> dict[str, Any]:
