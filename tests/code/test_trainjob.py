@@ -409,3 +409,72 @@ def test_cli_train_workers_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(SPEC_ENV, raising=False)
     res = runner.invoke(app, ["pipeline", "job-worker"])
     assert res.exit_code == 2 and SPEC_ENV in res.output
+
+
+# --------------------------------------------------------------------------------------------
+# The worker's real path: staged data in, a trained and exported model out through MLflow
+
+
+def _synthetic_dataset(out: Path) -> Path:
+    """A canonical dataset of random faces: enough for the plumbing, not for accuracy."""
+    import hashlib
+
+    import numpy as np
+
+    from ferflow.canonical import Split, write_dataset
+    from ferflow.config import get_class_set
+
+    classes = list(get_class_set("ferplus8").classes)
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        pixels = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+        label = (np.arange(n) % len(classes)).astype(np.int16)
+        votes = np.zeros((n, 10), np.int16)
+        votes[np.arange(n), label] = 10
+        return Split(
+            pixels=pixels,
+            votes=votes,
+            target=np.eye(len(classes), dtype=np.float32)[label],
+            label=label,
+            source=np.array([f"img{i}.png" for i in range(n)]),
+            content_hash=np.array([hashlib.sha256(p.tobytes()).hexdigest()[:16] for p in pixels]),
+        )
+
+    meta = {
+        "classes": classes,
+        "class_set": "ferplus8",
+        "label_scheme": "majority",
+        "source": "synthetic",
+        "source_version": "synthetic-1",
+        "splits": {"train": {"n": 96}, "valid": {"n": 48}},
+    }
+    return write_dataset(out, {"train": split(96), "valid": split(48)}, meta)
+
+
+@pytest.mark.slow
+def test_worker_trains_on_the_staged_data_and_the_step_collects_its_export(mlflow_store: Path) -> None:
+    """``ferflow pipeline job-worker``'s code as worker 0 of a one-worker TF cluster: the data
+    comes from the staging run, the chief's export and outputs go to MLflow, and collect()
+    turns them into the train step's outputs."""
+    import socket
+
+    from ferflow.trainjob import run_worker, stage_dataset
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    tf_config = json.dumps(
+        {"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}}
+    )
+    dataset = _synthetic_dataset(mlflow_store / "canonical")
+    job = "ferflow-train-e2e"
+    spec = WorkerSpec(job, stage_dataset(dataset, job), "cnn", 1, '{"width": 8}', 64, 2)
+    run_id = run_worker(spec, mlflow_store / "pod", tf_config=tf_config)
+    assert run_id is not None
+    out = collect(job, "ferflow-train", mlflow_store / "model")
+    assert out["model"]["mlflow_run_id"] == run_id and out["model"]["model"] == "cnn"
+    assert out["metrics"]["epochs_run"] == 1
+    assert {"model.onnx", "metrics.json", "MODEL_CARD.md"} <= {
+        p.name for p in (mlflow_store / "model").iterdir()
+    }
