@@ -61,6 +61,14 @@ GpusPerWorkerOpt = Annotated[
     int,
     typer.Option("--gpus-per-worker", min=0, help="accelerators per TFJob worker (with --train-workers)."),
 ]
+SecretEnvOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret-env",
+        help="VAR=SECRET:KEY: every step (and TFJob worker) gets $VAR from that Secret's key "
+        "(repeatable; kfp-kubernetes), e.g. MLFLOW_TRACKING_URI=ferflow-db:mlflow-uri.",
+    ),
+]
 RetriesOpt = Annotated[
     int | None,
     typer.Option("--retries", min=0, help="retries of each step on a cluster [default: ClusterConfig]."),
@@ -84,6 +92,7 @@ def _cluster_config(
     retries: int | None,
     train_workers: int = 0,
     gpus_per_worker: int = 0,
+    secret_env: list[str] | None = None,
 ):
     from ferflow.config import ClusterConfig, TrainJobConfig
 
@@ -114,22 +123,45 @@ def _cluster_config(
         retries = ClusterConfig().retries
     job = TrainJobConfig(workers=train_workers, gpus_per_worker=gpus_per_worker)
     return ClusterConfig(
-        gpus=gpus, node_selector=selectors, tolerations=tuple(tolerations), retries=retries, train_job=job
+        gpus=gpus,
+        node_selector=selectors,
+        tolerations=tuple(tolerations),
+        retries=retries,
+        secret_env=_secret_env(secret_env),
+        train_job=job,
     )
 
 
-def _compile_settings(package: Path | None, train_workers: int, gpus_per_worker: int):
+def _secret_env(items: list[str] | None) -> tuple[tuple[str, str, str], ...]:
+    """--secret-env VAR=SECRET:KEY values as ClusterConfig.secret_env."""
+    out = []
+    for item in items or []:
+        var, eq, ref = item.partition("=")
+        secret, colon, key = ref.partition(":")
+        if not (var and eq and secret and colon and key):
+            raise fail(
+                f"error: --secret-env {item!r} is not VAR=SECRET:KEY "
+                "(e.g. MLFLOW_TRACKING_URI=ferflow-db:mlflow-uri)",
+                USAGE,
+            )
+        out.append((var, secret, key))
+    return tuple(out)
+
+
+def _compile_settings(
+    package: Path | None, train_workers: int, gpus_per_worker: int, secret_env: list[str] | None
+):
     """The ClusterConfig submit/schedule compile with; a --package was compiled already."""
     if package is not None:
         require_path(package, "--package", folder=False, hint="write one with `ferflow pipeline compile`")
-        if train_workers or gpus_per_worker:
+        if train_workers or gpus_per_worker or secret_env:
             raise fail(
-                "error: --train-workers/--gpus-per-worker are compile settings: pass them to "
-                "`ferflow pipeline compile`, not with --package",
+                "error: --train-workers/--gpus-per-worker/--secret-env are compile settings: pass "
+                "them to `ferflow pipeline compile`, not with --package",
                 USAGE,
             )
         return None
-    return _cluster_config(0, None, None, None, train_workers, gpus_per_worker)
+    return _cluster_config(0, None, None, None, train_workers, gpus_per_worker, secret_env)
 
 
 def _check_cron(cron: str) -> None:
@@ -159,9 +191,12 @@ def pipeline_compile(
     retries: RetriesOpt = None,
     train_workers: TrainWorkersOpt = 0,
     gpus_per_worker: GpusPerWorkerOpt = 0,
+    secret_env: SecretEnvOpt = None,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML (upload it or use it with submit --package)."""
-    cluster = _cluster_config(gpus, node_selector, toleration, retries, train_workers, gpus_per_worker)
+    cluster = _cluster_config(
+        gpus, node_selector, toleration, retries, train_workers, gpus_per_worker, secret_env
+    )
     from pipelines.driver import compile_pipeline, read_pipeline_spec  # kfp: after the checks
 
     try:
@@ -230,12 +265,13 @@ def pipeline_submit(
     epochs: EpochsOpt = None,
     train_workers: TrainWorkersOpt = 0,
     gpus_per_worker: GpusPerWorkerOpt = 0,
+    secret_env: SecretEnvOpt = None,
 ) -> None:
     """Create one run of the training pipeline on a Kubeflow cluster."""
     args = _profile_arguments(
         profile, data_version=data_version, model_name=model.value if model else None, epochs=epochs
     )
-    cluster = _compile_settings(package, train_workers, gpus_per_worker)
+    cluster = _compile_settings(package, train_workers, gpus_per_worker, secret_env)
     from ferflow.pipeline import PipelineError
     from pipelines.driver import submit
 
@@ -261,11 +297,12 @@ def pipeline_schedule(
     catchup: Annotated[bool, typer.Option("--catchup/--no-catchup", help="backfill missed runs.")] = False,
     train_workers: TrainWorkersOpt = 0,
     gpus_per_worker: GpusPerWorkerOpt = 0,
+    secret_env: SecretEnvOpt = None,
 ) -> None:
     """Create a recurring run (scheduled retraining) of the training pipeline."""
     args = _profile_arguments(profile)
     _check_cron(cron)
-    cluster = _compile_settings(package, train_workers, gpus_per_worker)
+    cluster = _compile_settings(package, train_workers, gpus_per_worker, secret_env)
     from ferflow.pipeline import PipelineError
     from pipelines.driver import schedule
 

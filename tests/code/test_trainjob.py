@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import jsonschema
 import pytest
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
@@ -406,6 +407,30 @@ def test_cli_train_workers_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "comp-train-job" in out.read_text() and "comp-train-model:" not in out.read_text()
     res = runner.invoke(app, ["pipeline", "compile", "-o", str(out), "--gpus-per-worker", "1"])
     assert res.exit_code == 2 and "--train-workers 2 or more" in res.output
+    # the workers reach the shared MLflow through the Secret that every step gets
+    secret = ["--secret-env", "MLFLOW_TRACKING_URI=ferflow-db:mlflow-uri"]
+    res = runner.invoke(app, ["pipeline", "compile", "-o", str(out), "--train-workers", "3", *secret])
+    assert res.exit_code == 0, res.output
+    pipeline_spec, platform = yaml.safe_load_all(out.read_text())
+    (sent,) = [  # the ClusterConfig constant of train-job: the TFJob's workers get the Secret too
+        cluster_from_json(p["runtimeValue"]["constant"])
+        for comp in pipeline_spec["components"].values()
+        for task in comp.get("dag", {}).get("tasks", {}).values()
+        for name, p in task.get("inputs", {}).get("parameters", {}).items()
+        if name == "cluster"
+    ]
+    assert sent.secret_env == (("MLFLOW_TRACKING_URI", "ferflow-db", "mlflow-uri"),)
+    assert sent.train_job.workers == 3
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (mapping,) = executors["exec-train-job"]["secretAsEnv"]
+    assert mapping["secretName"] == "ferflow-db"
+    assert mapping["keyToEnv"] == [{"envVar": "MLFLOW_TRACKING_URI", "secretKey": "mlflow-uri"}]
+    for bad in ("MLFLOW_TRACKING_URI=ferflow-db", "=s:k", "V=s:"):
+        res = runner.invoke(app, ["pipeline", "compile", "-o", str(out), "--secret-env", bad])
+        assert res.exit_code == 2 and "VAR=SECRET:KEY" in res.output, bad
+    package = ["--package", str(out), "--host", "http://kfp.test"]
+    res = runner.invoke(app, ["pipeline", "submit", *package, *secret])
+    assert res.exit_code == 2 and "compile settings" in res.output
     monkeypatch.delenv(SPEC_ENV, raising=False)
     res = runner.invoke(app, ["pipeline", "job-worker"])
     assert res.exit_code == 2 and SPEC_ENV in res.output
