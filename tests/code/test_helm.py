@@ -101,6 +101,7 @@ SCENARIOS: dict[str, dict[str, Any] | None] = {
         "podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=50%",
         "preStopSleepSeconds=0",
         "serviceMonitor.enabled=true,serviceMonitor.interval=1m",
+        "trainJobRBAC.enabled=true,trainJobRBAC.namespace=kubeflow",
     ),
     # NetworkPolicy without same-namespace access, explicit peers and restricted egress; the
     # HPA on CPU and in-flight requests; the helm test pod with an API key and no /predict.
@@ -142,7 +143,7 @@ EXPECTED_KINDS = {
     "configmap-pinned": {"Deployment", "Service"},
     "ingress-cron": {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "ServiceAccount", "Ingress", "ServiceMonitor", "CronJob", "Pod",
+        "ServiceAccount", "Ingress", "ServiceMonitor", "CronJob", "Pod", "Role", "RoleBinding",
     },
     "netpol-custom-metric": {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
@@ -532,9 +533,35 @@ def test_retrain_cronjob_submits_the_pipeline(
 
 def test_optional_objects_are_off_by_default(rendered: dict[str, Any]) -> None:
     kinds = {o["kind"] for o in rendered["default"]["objects"]}
-    assert not kinds & {"Ingress", "ServiceMonitor", "CronJob", "NetworkPolicy"}
+    assert not kinds & {"Ingress", "ServiceMonitor", "CronJob", "NetworkPolicy", "Role", "RoleBinding"}
     (cpu,) = only(rendered["default"]["objects"], "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert cpu["type"] == "Resource"
+
+
+def test_train_job_rbac_grants_the_pipeline_exactly_what_the_train_job_step_calls(
+    rendered: dict[str, Any],
+) -> None:
+    """The Role holds the verbs ferflow.trainjob.TFJobAPI uses on TFJobs, in the pipeline's
+    namespace, bound to the pipeline's ServiceAccount (standalone KFP: pipeline-runner)."""
+    from ferflow.trainjob import GROUP, PLURAL, TFJobAPI
+
+    objects = rendered["ingress-cron"]["objects"]
+    role, binding = only(objects, "Role"), only(objects, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "kubeflow"
+    (rule,) = role["rules"]
+    assert (rule["apiGroups"], rule["resources"]) == ([GROUP], [PLURAL])
+    calls = {name for name in vars(TFJobAPI) if not name.startswith("_")}
+    assert set(rule["verbs"]) == calls == {"create", "get", "delete"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
+    ]
+    same_namespace = render(set_values("trainJobRBAC.enabled=true"))["objects"]
+    assert only(same_namespace, "Role")["metadata"]["namespace"] == NAMESPACE
 
 
 # --- NetworkPolicy -----------------------------------------------------------------------
