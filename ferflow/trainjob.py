@@ -127,7 +127,9 @@ def render_tfjob(
     job succeeds when worker 0 does). ``restartPolicy: ExitCode`` restarts a pod killed by a
     signal (pre-emption, exit codes 128+) up to ``backoff_limit`` times and fails the job on an
     error (exit 1-127): a bad dataset should not be retried. ``activeDeadlineSeconds`` is the
-    step's timeout, so the operator stops the job even if the waiting step is gone.
+    step's timeout, so the operator stops the job even if the waiting step is gone. No Istio
+    sidecar (Kubeflow profile namespaces inject one): it keeps a finished worker's pod running
+    and sits between the workers' gRPC links.
     """
     job = cluster.train_job
     labels = {"app.kubernetes.io/part-of": "ferflow", "app.kubernetes.io/component": "train-job"}
@@ -155,7 +157,10 @@ def render_tfjob(
                 "Worker": {
                     "replicas": job.workers,
                     "restartPolicy": "ExitCode",
-                    "template": {"metadata": {"labels": labels}, "spec": pod},
+                    "template": {
+                        "metadata": {"labels": labels, "annotations": {"sidecar.istio.io/inject": "false"}},
+                        "spec": pod,
+                    },
                 }
             },
         },

@@ -87,6 +87,7 @@ def test_rendered_tfjob_validates_against_the_operator_crd_schema(validator) -> 
     worker = manifest["spec"]["tfReplicaSpecs"]["Worker"]
     assert set(manifest["spec"]["tfReplicaSpecs"]) == {"Worker"}  # worker 0 is the chief
     assert worker["replicas"] == 3 and worker["restartPolicy"] == "ExitCode"
+    assert worker["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     pod = worker["template"]["spec"]
     (container,) = pod["containers"]
     assert container["name"] == CONTAINER and container["command"] == ["ferflow", "pipeline", "job-worker"]
