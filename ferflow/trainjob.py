@@ -13,16 +13,15 @@ names itself. docs/kubeflow.md has the full reasoning.
                                                                      timeout)      job's name)
 
 In each pod ``ferflow pipeline job-worker`` calls :func:`run_worker`: it downloads the staged
-dataset and trains with ``distribute=multi-worker``; the chief (worker 0) then logs the export
-folder and the step's outputs on its MLflow run and, last, tags the run with the job's name, so
-a run found by the tag is complete.
+dataset and trains with ``distribute=multi-worker`` (ferflow.train: only the chief, worker 0,
+tracks and exports); the chief then logs the export folder and the step's outputs on its
+MLflow run and, last, tags the run with the job's name, so a run found by the tag is complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -372,26 +371,12 @@ def stage_dataset(dataset_dir: str | Path, job: str) -> str:
     return run.info.run_id
 
 
-def is_chief(tf_config: str | None) -> bool:
-    """TensorFlow's rule: the ``chief`` task, or worker 0 when the cluster has no chief; a
-    process without TF_CONFIG is alone and so the chief."""
-    if not tf_config:
-        return True
-    config = json.loads(tf_config)
-    task = config.get("task", {})
-    if task.get("type") == "chief":
-        return True
-    return (
-        task.get("type") == "worker"
-        and int(task.get("index", 0)) == 0
-        and "chief" not in config.get("cluster", {})
-    )
-
-
-def run_worker(spec: WorkerSpec, work_dir: str | Path, tf_config: str | None = None) -> str | None:
-    """One worker pod of the job: fetch the staged data, train with ``distribute=multi-worker``.
-    The chief logs its export folder and the step's outputs on its MLflow run and then tags the
-    run with the job's name; returns that run's id (None on the other workers)."""
+def run_worker(spec: WorkerSpec, work_dir: str | Path) -> str | None:
+    """One worker pod of the job: fetch the staged data, train with ``distribute=multi-worker``
+    on the cluster the operator's ``TF_CONFIG`` names. :func:`ferflow.train.train` decides who
+    the chief is (worker 0): only it tracks an MLflow run and exports. The chief then logs its
+    export folder and the step's outputs on that run and tags it with the job's name; returns
+    the run's id (None on the other workers)."""
     from ferflow.pipeline import train_config, train_outputs
     from ferflow.train import train
 
@@ -416,8 +401,7 @@ def run_worker(spec: WorkerSpec, work_dir: str | Path, tf_config: str | None = N
         steps_per_epoch=spec.steps_per_epoch or None,
         limit_train=spec.limit_train or None,
     )
-    chief = is_chief(os.environ.get("TF_CONFIG") if tf_config is None else tf_config)
-    if not chief or result.mlflow_run_id is None:
+    if result.mlflow_run_id is None:  # not the chief: train() tracked nothing here
         return None
     out = train_outputs(result, cfg, started, export)
     publish_chief_run(result.mlflow_run_id, export, out, spec.job)

@@ -23,6 +23,7 @@ from ferflow.config import PIPELINE_IMAGE, ClusterConfig, TrainJobConfig
 from ferflow.trainjob import (
     CONTAINER,
     JOB_TAG,
+    ROLE_TAG,
     SPEC_ENV,
     TFJobAPI,
     TrainJobError,
@@ -31,7 +32,6 @@ from ferflow.trainjob import (
     cluster_from_json,
     cluster_to_json,
     collect,
-    is_chief,
     job_name,
     publish_chief_run,
     render_tfjob,
@@ -159,13 +159,6 @@ def test_job_name_worker_spec_cluster_and_chief() -> None:
     assert cluster_from_json(cluster_to_json(CLUSTER)) == CLUSTER
     with pytest.raises(TrainJobError, match=SPEC_ENV):
         WorkerSpec.from_json('{"job": "x"}')
-    cluster = {"worker": ["w0:2222", "w1:2222"]}
-    assert is_chief(None)
-    assert is_chief(json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
-    assert not is_chief(json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
-    with_chief = {**cluster, "chief": ["c0:2222"]}
-    assert not is_chief(json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}}))
-    assert is_chief(json.dumps({"cluster": with_chief, "task": {"type": "chief", "index": 0}}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,29 +471,62 @@ def _synthetic_dataset(out: Path) -> Path:
     return write_dataset(out, {"train": split(96), "valid": split(48)}, meta)
 
 
-@pytest.mark.slow
-def test_worker_trains_on_the_staged_data_and_the_step_collects_its_export(mlflow_store: Path) -> None:
-    """``ferflow pipeline job-worker``'s code as worker 0 of a one-worker TF cluster: the data
-    comes from the staging run, the chief's export and outputs go to MLflow, and collect()
-    turns them into the train step's outputs."""
+def _free_ports(n: int) -> list[int]:
     import socket
 
-    from ferflow.trainjob import run_worker, stage_dataset
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    tf_config = json.dumps(
-        {"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}}
-    )
+
+@pytest.mark.slow
+def test_two_job_workers_train_and_the_step_collects_the_chiefs_export(mlflow_store: Path) -> None:
+    """What the TFJob's pods run, as two local processes: ``ferflow pipeline job-worker`` with
+    the spec in $FERFLOW_TRAINJOB and the TF_CONFIG the operator would give worker 0 and 1.
+    The data comes from the staging run; only the chief (worker 0) leaves a tagged run, whose
+    export and outputs collect() turns into the train step's outputs."""
+    import os
+    import subprocess
+    import sys
+
+    from ferflow.trainjob import stage_dataset
+
     dataset = _synthetic_dataset(mlflow_store / "canonical")
     job = "ferflow-train-e2e"
     spec = WorkerSpec(job, stage_dataset(dataset, job), "cnn", 1, '{"width": 8}', 64, 2)
-    run_id = run_worker(spec, mlflow_store / "pod", tf_config=tf_config)
-    assert run_id is not None
+    hosts = [f"localhost:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, SPEC_ENV: spec.to_json(), "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ferflow", "pipeline", "job-worker", "--work-dir", f"pod{index}"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        logs = [proc.communicate(timeout=300)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert "chief: MLflow run" in logs[0] and "worker done" in logs[1]
     out = collect(job, "ferflow-train", mlflow_store / "model")
-    assert out["model"]["mlflow_run_id"] == run_id and out["model"]["model"] == "cnn"
-    assert out["metrics"]["epochs_run"] == 1
+    assert out["model"]["model"] == "cnn" and out["metrics"]["epochs_run"] == 1
+    assert out["model"]["mlflow_run_id"] in logs[0]
     assert {"model.onnx", "metrics.json", "MODEL_CARD.md"} <= {
         p.name for p in (mlflow_store / "model").iterdir()
     }
+    import mlflow
+
+    tagged = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{JOB_TAG}` = '{job}'")
+    assert sorted(tagged[f"tags.{ROLE_TAG}"]) == ["chief", "dataset"]  # worker 1 logged no run
+    assert not (mlflow_store / "pod1" / "export").exists()  # worker 1 exported nothing
