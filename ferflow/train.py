@@ -44,6 +44,7 @@ import numpy as np
 from ferflow.canonical import CanonicalDataset, Split, open_dataset
 from ferflow.config import (
     EXPORT_ONLY_FIELDS,
+    DistributeMode,
     HeadName,
     LabelScheme,
     OptimizerName,
@@ -54,6 +55,13 @@ from ferflow.config import (
     TrainConfig,
     get_class_set,
 )
+from ferflow.distribute import (
+    Distribution,
+    broadcast_from_chief,
+    distribute_dataset,
+    scaled_config,
+)
+from ferflow.distribute import setup as setup_distribution
 from ferflow.preprocess import INPUT_SCALE
 from ferflow.versioning import git_commit
 
@@ -71,6 +79,7 @@ class DeviceInfo:
     amx_bf16: bool
     onednn: bool
     itex: bool
+    avx512_bf16: bool = False
 
     def describe(self) -> str:
         extras = [f"precision={self.precision}"]
@@ -79,6 +88,7 @@ class DeviceInfo:
                 f"threads intra={self.intra_threads} inter={self.inter_threads}",
                 f"oneDNN={'on' if self.onednn else 'off'}",
                 f"AMX-bf16={'yes' if self.amx_bf16 else 'no'}",
+                f"AVX512-BF16={'yes' if self.avx512_bf16 else 'no'}",
             ]
         extras.append(f"ITEX={'loaded' if self.itex else 'not installed'}")
         return f"device: {self.kind.upper()} {self.name} ({', '.join(extras)})"
@@ -166,6 +176,7 @@ def configure_device(precision: str | Precision = Precision.AUTO, verbose: bool 
         intra_threads=tf.config.threading.get_intra_op_parallelism_threads() or cores,
         inter_threads=tf.config.threading.get_inter_op_parallelism_threads() or cores,
         amx_bf16=amx,
+        avx512_bf16="avx512_bf16" in flags,
         onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") not in ("0", "false", "False"),
         itex=itex,
     )
@@ -275,6 +286,8 @@ def make_train_dataset(
     *,
     steps_per_epoch: int | None = None,
     start_epoch: int = 0,
+    replicas: int = 1,
+    shard: tuple[int, int] = (0, 1),
 ):
     """Infinite, shuffled, batched, augmented ``(x, y, sample_weight)`` dataset from ``start_epoch``.
 
@@ -283,6 +296,10 @@ def make_train_dataset(
     ``[seed, step]``). Starting at epoch ``k`` therefore yields exactly the batches an
     uninterrupted run reads from epoch ``k`` on, which is what makes ``resume`` exact.
     ``steps_per_epoch`` defaults to the full batches in one pass over ``pixels``.
+
+    With ``replicas`` > 1, ``cfg.batch_size`` is the global batch and ``shard`` is
+    ``(first replica, local replicas)`` of this input pipeline: each step yields one element per
+    local replica, that replica's contiguous slice of the global batch (:mod:`ferflow.distribute`).
     """
     import tensorflow as tf
 
@@ -309,16 +326,48 @@ def make_train_dataset(
         return x, tf.ensure_shape(y, [b, targets.shape[1]]), tf.ensure_shape(w, [b])
 
     ds = tf.data.Dataset.counter(start=start_epoch * spe, dtype=tf.int64)
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if replicas > 1:
+        ds = ds.map(_replica_slicer(b, replicas, shard)).unbatch()
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(pixels: np.ndarray, labels: np.ndarray, num_classes: int, batch: int = 256):
+def _replica_slicer(global_batch: int, replicas: int, shard: tuple[int, int]):
+    """Map a global batch to ``[local replicas, per-replica batch, ...]`` (then unbatched).
+
+    The whole global batch is augmented on every worker before slicing (augmentation is ~1 % of
+    a step), so mixup pairs and random draws are those of one process reading the global batch."""
+    import tensorflow as tf
+
+    from ferflow.distribute import replica_rows
+
+    first, local = shard
+    start, _ = replica_rows(first, replicas, global_batch)
+    _, stop = replica_rows(first + local - 1, replicas, global_batch)
+    per = global_batch // replicas
+
+    def slice_(*tensors):
+        return tuple(tf.reshape(t[start:stop], [local, per, *t.shape[1:]]) for t in tensors)
+
+    return slice_
+
+
+def make_eval_dataset(
+    pixels: np.ndarray, labels: np.ndarray, num_classes: int, batch: int = 256, copies: int = 1
+):
+    """Batches of the tuning split; ``copies`` > 1 repeats each batch (one per local replica).
+
+    Under a strategy every replica scores the whole split: metrics are sums over replicas, so
+    each ratio (accuracy, mean loss) is that of one process, with equal steps on every worker."""
     import tensorflow as tf
 
     x = pixels[..., None]
     y = np.eye(num_classes, dtype=np.float32)[labels.astype(int)]
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
-    return ds.map(lambda a, b: (tf.cast(a, tf.float32) * INPUT_SCALE, b)).prefetch(2)
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) * INPUT_SCALE, b))
+    if copies > 1:
+        ds = ds.flat_map(lambda a, b: tf.data.Dataset.from_tensors((a, b)).repeat(copies))
+    return ds.prefetch(2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -674,8 +723,11 @@ def prepare_data(
     )
 
 
-def open_run(cfg: TrainConfig, run_dir: str | Path | None, resume: bool) -> tuple[Path, dict[str, Any]]:
-    """The run folder and its state: a fresh folder, or the interrupted run's with ``resume``."""
+def open_run(
+    cfg: TrainConfig, run_dir: str | Path | None, resume: bool, replicas: int = 1
+) -> tuple[Path, dict[str, Any]]:
+    """The run folder and its state: a fresh folder, or the interrupted run's with ``resume``
+    (same configuration and number of replicas: both fix the global batch and its data)."""
     run_dir = Path(run_dir) if run_dir else Paths().artifacts / "train" / cfg.model
     state_path = run_dir / "state.json"
     if not resume and run_dir.exists():
@@ -686,6 +738,11 @@ def open_run(cfg: TrainConfig, run_dir: str | Path | None, resume: bool) -> tupl
         raise ValueError(
             f"{run_dir}: --resume with a different configuration than the interrupted run; "
             "use the same options or start a new run without --resume"
+        )
+    if resume and state and int(state.get("replicas", 1)) != replicas:
+        raise ValueError(
+            f"{run_dir}: --resume with {replicas} replica(s), the interrupted run had "
+            f"{state.get('replicas', 1)}; resume with as many workers/devices or start a new run"
         )
     return run_dir, state
 
@@ -703,6 +760,7 @@ def fit_model(
     verbose: int = 2,
     checkpoint: bool = True,
     mlflow_run: str | None = None,
+    dist: Distribution | None = None,
 ):
     """Build, compile and fit ``cfg.model``; returns the model with its best tuning-split weights.
 
@@ -711,23 +769,25 @@ def fit_model(
     checkpoint in ``run_dir`` is continued from its next epoch, exactly: same weights, optimizer
     state, learning rate, dropout RNG, early-stopping state and the same batches as a run that
     was never interrupted (the data stream is keyed on (seed, epoch, step), not replayed).
+
+    Under ``dist``'s strategy ``cfg`` is the scaled one (:func:`ferflow.distribute.scaled_config`):
+    its ``batch_size`` is the global batch. The model lives in the strategy's scope (use
+    :func:`as_float32` with ``rebuild`` for a plain copy); on several workers the chief's
+    checkpoint is what every worker resumes from.
     """
     import keras
 
-    from ferflow.models import build_model
+    from ferflow.distribute import synchronize_batch_norm
 
+    dist = dist or Distribution(DistributeMode.NONE)
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, **model_kwargs(cfg))
-    model.compile(
-        optimizer=make_optimizer(cfg, data.steps_per_epoch),
-        loss=make_loss(cfg),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-    # Without a distribution strategy Keras creates the optimizer's slots inside the first
-    # traced step, and tf.function then traces the whole step a second time (~5 s a fit)
-    model.optimizer.build(model.trainable_variables)
-    folder = run_dir / "checkpoint"
-    committed = restore_checkpoint(model, folder) if checkpoint else {}
+    with dist.scope():
+        model = _compiled_model(cfg, data)
+        if dist.replicas > 1:  # batch statistics of the global batch, as one process computes them
+            synchronize_batch_norm(model)
+        folder = run_dir / "checkpoint"
+        committed = restore_checkpoint(model, folder) if checkpoint and dist.chief else {}
+        committed = _sync_from_chief(model, dist, committed)
     initial_epoch = int(committed.get("epoch", 0))
     history_path = run_dir / "history.json"
     if committed:  # drop what an epoch that was never committed logged
@@ -742,18 +802,28 @@ def fit_model(
     if checkpoint:  # without: no per-epoch checkpoint or best-weights files (an HDF5 write an epoch)
         cbs.append(_checkpoint_class()(folder, keeper))  # after the callbacks whose state it commits
     model.fit(
-        make_train_dataset(
-            data.fit.pixels,
-            data.targets,
-            data.weights,
-            cfg,
-            steps_per_epoch=data.steps_per_epoch,
-            start_epoch=initial_epoch,
+        distribute_dataset(
+            dist,
+            lambda first, local: make_train_dataset(
+                data.fit.pixels,
+                data.targets,
+                data.weights,
+                cfg,
+                steps_per_epoch=data.steps_per_epoch,
+                start_epoch=initial_epoch,
+                replicas=dist.replicas,
+                shard=(first, local),
+            ),
         ),
         initial_epoch=initial_epoch,
         epochs=cfg.epochs,
         steps_per_epoch=data.steps_per_epoch,
-        validation_data=make_eval_dataset(data.tune.pixels, data.tune.label, data.num_classes),
+        validation_data=distribute_dataset(
+            dist,
+            lambda first, local: make_eval_dataset(
+                data.tune.pixels, data.tune.label, data.num_classes, copies=local
+            ),
+        ),
         callbacks=[*cbs, *callbacks],
         verbose=verbose,
         shuffle=False,  # the training dataset shuffles itself (seeded); Keras would warn and ignore it
@@ -761,6 +831,55 @@ def fit_model(
     if checkpoint:
         _load_best_weights(model, run_dir)
     return model
+
+
+def _compiled_model(cfg: TrainConfig, data: TrainingData):
+    """``cfg.model`` built and compiled, its optimizer built (in the caller's strategy scope)."""
+    import keras
+
+    from ferflow.models import build_model
+
+    model = build_model(cfg.model, data.num_classes, **model_kwargs(cfg))
+    model.compile(
+        optimizer=make_optimizer(cfg, data.steps_per_epoch),
+        loss=make_loss(cfg),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    # Without a distribution strategy Keras creates the optimizer's slots inside the first
+    # traced step, and tf.function then traces the whole step a second time (~5 s a fit)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _sync_from_chief(model, dist: Distribution, committed: dict[str, Any]) -> dict[str, Any]:
+    """On several workers: the chief's restored state on every worker, and its commit record.
+
+    Only the chief reads its checkpoint (a worker's disk need not hold one); one all-reduce then
+    carries the weights, optimizer state, dropout generators' states and the commit's epoch and
+    early-stopping state to the others. Every worker runs it, fresh or resumed (collectives must
+    match), and afterwards all start the same epoch with the same state."""
+    if dist.strategy is None or dist.task.workers == 1:
+        return committed
+    import keras
+
+    variables = _unique(
+        [*model.weights, *model.optimizer.variables, *(g.state for g in seed_generators(model))]
+    )
+    best = committed.get("best") or {"best": -math.inf, "epoch": -1, "wait": 0}
+    record = np.array([committed.get("epoch", 0), best["best"], best["epoch"], best["wait"]], np.float64)
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
+    synced = broadcast_from_chief(dist, [record, *values])
+    for var, value in zip(variables, synced[1:], strict=True):
+        var.assign(value)
+    epoch, best_value, best_epoch, wait = synced[0].tolist()
+    if int(epoch) == 0:
+        return {}
+    return {"epoch": int(epoch), "best": {"best": best_value, "epoch": int(best_epoch), "wait": int(wait)}}
+
+
+def _unique(variables: Sequence[Any]) -> list[Any]:
+    seen: set[int] = set()
+    return [v for v in variables if not (id(v) in seen or seen.add(id(v)))]
 
 
 def _committed_best(committed: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
@@ -784,13 +903,16 @@ def _load_best_weights(model, run_dir: Path) -> None:
         model.load_weights(best)
 
 
-def as_float32(model, cfg: TrainConfig, num_classes: int):
-    """The same weights in a float32 graph: what is exported and served after mixed precision."""
+def as_float32(model, cfg: TrainConfig, num_classes: int, rebuild: bool = False):
+    """The same weights in a float32 graph: what is exported and served after mixed precision.
+
+    ``rebuild``: a new model even in float32, outside any strategy (a model built in a strategy's
+    scope would save and predict through its collectives, which only the chief runs)."""
     import keras
 
     from ferflow.models import build_model
 
-    if keras.mixed_precision.global_policy().name == "float32":
+    if keras.mixed_precision.global_policy().name == "float32" and not rebuild:
         return model
     keras.mixed_precision.set_global_policy("float32")
     fp32 = build_model(cfg.model, num_classes, **model_kwargs(cfg))
@@ -835,20 +957,31 @@ def train(
     if not save and (export or track):
         raise ValueError("save=False keeps no model, so it cannot be exported or tracked")
     device = configure_device(cfg.precision)
-    data = prepare_data(cfg, dataset, steps_per_epoch, limit_train)
-    run_dir, state = open_run(cfg, run_dir, resume)
-    mlflow_run = start_tracking(cfg, data, state.get("mlflow_run_id"), device, recipe) if track else None
-    state.update(config=_flat_params(cfg), mlflow_run_id=mlflow_run)
+    dist = setup_distribution(cfg.distribute)
+    fit_cfg = scaled_config(cfg, dist.replicas)
+    if not dist.chief:
+        return _train_worker(
+            fit_cfg, dataset, dist, device, steps_per_epoch, limit_train, callbacks, checkpoint
+        )
+    data = prepare_data(fit_cfg, dataset, steps_per_epoch, limit_train)
+    run_dir, state = open_run(cfg, run_dir, resume, dist.replicas)
+    spread = {"replicas": dist.replicas, "global_batch_size": fit_cfg.batch_size}
+    spread["scaled_learning_rate"] = fit_cfg.learning_rate
+    mlflow_run = (
+        start_tracking(cfg, data, state.get("mlflow_run_id"), device, recipe, spread) if track else None
+    )
+    state.update(config=_flat_params(cfg), mlflow_run_id=mlflow_run, replicas=dist.replicas)
     _save_state(run_dir, state)
     try:
         model = fit_model(
-            cfg,
+            fit_cfg,
             data,
             run_dir,
             callbacks=callbacks,
             verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
             checkpoint=checkpoint,
             mlflow_run=mlflow_run,
+            dist=dist,
         )
     except BaseException:
         if track:
@@ -857,7 +990,7 @@ def train(
             mlflow.end_run(status="KILLED")
         raise
     history = load_history(run_dir / "history.json")
-    model = as_float32(model, cfg, data.num_classes)
+    model = as_float32(model, cfg, data.num_classes, rebuild=dist.strategy is not None)
     keras_path = run_dir / "model.keras" if save else None
     if keras_path:
         model.save(keras_path)
@@ -875,6 +1008,29 @@ def train(
             cfg, run_dir, metrics, summary_extras, model, keras_path, onnx_path, data.tune.pixels[:8]
         )
     return result
+
+
+def _train_worker(
+    fit_cfg: TrainConfig,
+    dataset,
+    dist: Distribution,
+    device: DeviceInfo,
+    steps_per_epoch: int | None,
+    limit_train: int | None,
+    callbacks: Sequence[Any],
+    checkpoint: bool,
+) -> TrainResult:
+    """A non-chief worker: the same fit in lockstep with the chief, writing no run, export or
+    card. Saving a checkpoint is a step every worker takes together, so its copies go to a
+    temporary folder, deleted when the fit ends; it resumes from the chief's state."""
+    import tempfile
+
+    data = prepare_data(fit_cfg, dataset, steps_per_epoch, limit_train)
+    with tempfile.TemporaryDirectory(prefix="ferflow-worker-") as tmp:
+        fit_model(fit_cfg, data, Path(tmp), callbacks=callbacks, verbose=0, checkpoint=checkpoint, dist=dist)
+        history = load_history(Path(tmp) / "history.json")
+    seconds = sum(h.get("epoch_seconds", 0.0) for h in history)
+    return TrainResult(Path(tmp), history, {}, None, None, None, seconds, device, {"chief": False})
 
 
 def write_card(result: TrainResult, cfg: TrainConfig, meta: dict[str, Any], export_dir: Path | None) -> Path:
@@ -1031,7 +1187,12 @@ def _write_scores(cfg: TrainConfig, metrics: dict[str, Any], classes: list[str],
 
 
 def start_tracking(
-    cfg: TrainConfig, data: TrainingData, run_id: str | None, device: DeviceInfo, recipe: str | None = None
+    cfg: TrainConfig,
+    data: TrainingData,
+    run_id: str | None,
+    device: DeviceInfo,
+    recipe: str | None = None,
+    spread: dict[str, Any] | None = None,
 ) -> str:
     """Start (or, with the run id of an interrupted run, reopen) the run's MLflow run: named
     ``train-<recipe>-<model>-<UTC time>``, in an experiment tagged as model development, with
@@ -1054,6 +1215,7 @@ def start_tracking(
             "n_fit": len(data.fit),
             "n_tune": len(data.tune),
             "n_test": len(data.test) if data.test is not None else 0,
+            **(spread or {}),  # replicas, global batch and scaled learning rate
         }
     )
     mlflow.set_tags(
