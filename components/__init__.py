@@ -183,11 +183,19 @@ def train_job(
     import shutil
 
     from ferflow.pipeline import log_metrics
-    from ferflow.trainjob import TrainJobError, WorkerSpec, cluster_from_json, job_name, train_job_step
+    from ferflow.trainjob import (
+        TrainJobError,
+        WorkerSpec,
+        cluster_from_json,
+        job_name,
+        pipeline_run_id,
+        train_job_step,
+    )
 
     if not track:
         raise TrainJobError("the distributed train step hands its model over through MLflow: set track=true")
-    spec = WorkerSpec(job_name(run_id), "", model_name, epochs, tuned_params, limit_train, steps_per_epoch)
+    job = job_name(pipeline_run_id(run_id))
+    spec = WorkerSpec(job, "", model_name, epochs, tuned_params, limit_train, steps_per_epoch)
     out = train_job_step(dataset.path, model.path, spec, cluster_from_json(cluster), image)
     model.metadata.update(out["model"])
     shutil.copyfile(out["card"], model_card.path)

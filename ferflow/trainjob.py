@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -42,6 +43,8 @@ ROLE_TAG = "ferflow.trainjob.role"  # "dataset" (staging run) or "chief" (the tr
 STAGING_EXPERIMENT = "ferflow-trainjob"
 EXPORT_PATH = "export"  # artifact folder of the chief's run: model.onnx, metrics.json, MODEL_CARD.md
 OUTPUTS_FILE = "trainjob_outputs.json"  # the step's metrics and model metadata
+RUN_ID_ENV = "KFP_RUN_ID"  # the step pod's pipeline/runid label (downward API), see pipeline_run_id
+RUN_ID_LABEL = "pipeline/runid"  # KFP puts the run's id on every pod of the run
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -79,6 +82,23 @@ def job_name(seed: str, prefix: str = "ferflow-train") -> str:
     same pipeline task asks for the same job, so a restarted step adopts it instead of
     starting a second one."""
     return f"{prefix}-{hashlib.sha256(seed.encode()).hexdigest()[:12]}"
+
+
+def pipeline_run_id(placeholder: str) -> str:
+    """The pipeline run's id: ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` as the backend resolved it,
+    or, where a KFP backend passes placeholders in parameter values through unresolved, the
+    run's label on this pod (``$KFP_RUN_ID``). Never the literal placeholder: every run would
+    then name the same job and adopt an earlier run's."""
+    if placeholder and "{{" not in placeholder:
+        return placeholder
+    label = os.environ.get(RUN_ID_ENV, "")
+    if label:
+        return label
+    raise TrainJobError(
+        f"the pipeline run's id is unknown (run_id {placeholder!r} and ${RUN_ID_ENV} unset): "
+        "compile the pipeline with kfp-kubernetes installed, which maps the pod's "
+        f"{RUN_ID_LABEL} label to ${RUN_ID_ENV}"
+    )
 
 
 # --------------------------------------------------------------------------------------------

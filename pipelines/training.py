@@ -37,7 +37,7 @@ from components import (
     tune_worker,
 )
 from ferflow.config import PIPELINE_IMAGE, PIPELINE_NAME, PROFILES, ClusterConfig
-from ferflow.trainjob import cluster_to_json
+from ferflow.trainjob import RUN_ID_ENV, RUN_ID_LABEL, cluster_to_json
 
 _D = PROFILES["default"].arguments()
 
@@ -119,6 +119,10 @@ def _training_step(cluster: ClusterConfig, dataset, tuned, **training) -> dsl.Pi
         **training,
     )
     _configure_cluster(trained, cluster, retry=False)
+    # the run's id also from the pod's label: some KFP backends leave run_id's placeholder as is
+    _kubernetes().use_field_path_as_env(
+        trained, env_name=RUN_ID_ENV, field_path=f"metadata.labels['{RUN_ID_LABEL}']"
+    )
     return trained
 
 

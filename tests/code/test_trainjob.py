@@ -24,6 +24,7 @@ from ferflow.trainjob import (
     CONTAINER,
     JOB_TAG,
     ROLE_TAG,
+    RUN_ID_ENV,
     SPEC_ENV,
     TFJobAPI,
     TrainJobError,
@@ -33,6 +34,7 @@ from ferflow.trainjob import (
     cluster_to_json,
     collect,
     job_name,
+    pipeline_run_id,
     publish_chief_run,
     render_tfjob,
     train_job_step,
@@ -152,9 +154,17 @@ def test_operator_admission_rules_are_checked_before_submitting(mutate, message:
         check_tfjob(manifest)
 
 
-def test_job_name_worker_spec_cluster_and_chief() -> None:
+def test_job_name_worker_spec_cluster_and_run_id(monkeypatch: pytest.MonkeyPatch) -> None:
     name = job_name("8f1d0c1e-run-uuid")
     assert name == job_name("8f1d0c1e-run-uuid") != job_name("another-run")
+    # the run's id: the resolved placeholder, else the pod's run label, never the placeholder
+    monkeypatch.delenv(RUN_ID_ENV, raising=False)
+    assert pipeline_run_id("8f1d0c1e-run-uuid") == "8f1d0c1e-run-uuid"
+    with pytest.raises(TrainJobError, match=RUN_ID_ENV):
+        pipeline_run_id("{{$.pipeline_job_uuid}}")
+    monkeypatch.setenv(RUN_ID_ENV, "run-from-label")
+    assert pipeline_run_id("{{$.pipeline_job_uuid}}") == "run-from-label"
+    assert pipeline_run_id("8f1d0c1e-run-uuid") == "8f1d0c1e-run-uuid"
     check_tfjob({**_manifest(), "metadata": {"name": name}})
     assert cluster_from_json(cluster_to_json(CLUSTER)) == CLUSTER
     with pytest.raises(TrainJobError, match=SPEC_ENV):
@@ -417,6 +427,9 @@ def test_cli_train_workers_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sent.train_job.workers == 3
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     (mapping,) = executors["exec-train-job"]["secretAsEnv"]
+    assert executors["exec-train-job"]["fieldPathAsEnv"] == [
+        {"fieldPath": "metadata.labels['pipeline/runid']", "name": RUN_ID_ENV}
+    ]
     assert mapping["secretName"] == "ferflow-db"
     assert mapping["keyToEnv"] == [{"envVar": "MLFLOW_TRACKING_URI", "secretKey": "mlflow-uri"}]
     for bad in ("MLFLOW_TRACKING_URI=ferflow-db", "=s:k", "V=s:"):
