@@ -45,6 +45,7 @@ EXPORT_PATH = "export"  # artifact folder of the chief's run: model.onnx, metric
 OUTPUTS_FILE = "trainjob_outputs.json"  # the step's metrics and model metadata
 RUN_ID_ENV = "KFP_RUN_ID"  # the step pod's pipeline/runid label (downward API), see pipeline_run_id
 RUN_ID_LABEL = "pipeline/runid"  # KFP puts the run's id on every pod of the run
+MAX_FAILED_READS = 10  # failed reads of the job in a row (API server down) before the step fails
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -225,11 +226,14 @@ class TFJobAPI:
 
     def _call(self, what: str, namespace: str, fn: Callable[[], Any]) -> Any:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             return fn()
         except ApiException as exc:
             raise _api_error(what, namespace, exc) from exc
+        except HTTPError as exc:  # no answer at all (connection refused or reset, timeout): status 0
+            raise _APIError(f"cannot {what} in namespace {namespace}: {exc}", 0) from exc
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         ns = manifest["metadata"]["namespace"]
@@ -320,6 +324,21 @@ def job_state(job: dict[str, Any]) -> dict[str, str]:
     return conditions[-1] if conditions else {}
 
 
+def _get_job(
+    api: TFJobAPI, namespace: str, name: str, where: str
+) -> tuple[dict[str, Any], None] | tuple[None, _APIError]:
+    """The job, or the error of a read worth repeating: no answer, 429 or 5xx (an API server
+    restarting during a job of hours must not fail the step, which KFP does not retry)."""
+    try:
+        return api.get(namespace, name), None
+    except _APIError as exc:
+        if exc.status == 404:
+            raise TrainJobError(f"{where} was deleted while the pipeline waited for it") from exc
+        if exc.status in (0, 429) or exc.status >= 500:
+            return None, exc
+        raise
+
+
 def wait(
     api: TFJobAPI,
     namespace: str,
@@ -332,30 +351,34 @@ def wait(
 ) -> dict[str, Any]:
     """Poll the job until its Succeeded condition (returned) or Failed condition (raised, with
     the condition's reason and message). After ``timeout_s`` the job is deleted, so that it
-    holds no more nodes, and the error says which condition it was stuck in."""
+    holds no more nodes, and the error says which condition it was stuck in. Up to
+    ``MAX_FAILED_READS - 1`` failed reads in a row are waited out."""
     deadline = clock() + timeout_s
-    seen = ""
+    seen, state, kind, failures = "", {}, "Pending", 0
     where = f"TFJob {namespace}/{name}"
     logs = f"kubectl -n {namespace} logs -l training.kubeflow.org/job-name={name}"
     while True:
-        try:
-            job = api.get(namespace, name)
-        except _APIError as exc:
-            if exc.status == 404:
-                raise TrainJobError(f"{where} was deleted while the pipeline waited for it") from exc
-            raise
-        state = job_state(job)
-        kind = state.get("type", "Pending")
-        if kind != seen:
-            echo(f"{where}: {kind}" + (f" ({state.get('reason')})" if state.get("reason") else ""))
-            seen = kind
-        if kind == "Succeeded":
-            return job
-        if kind == "Failed":
-            raise TrainJobError(
-                f"{where} failed: condition Failed, reason {state.get('reason', '?')}: "
-                f"{state.get('message', '')} (logs: {logs})"
-            )
+        job, error = _get_job(api, namespace, name, where)
+        failures = failures + 1 if error else 0
+        if error is not None:
+            echo(f"{where}: cannot read it ({error}); trying again")
+            if failures >= MAX_FAILED_READS:
+                raise TrainJobError(
+                    f"{where}: {failures} reads in a row failed, the last: {error}"
+                ) from error
+        else:
+            state = job_state(job)
+            kind = state.get("type", "Pending")
+            if kind != seen:
+                echo(f"{where}: {kind}" + (f" ({state.get('reason')})" if state.get("reason") else ""))
+                seen = kind
+            if kind == "Succeeded":
+                return job
+            if kind == "Failed":
+                raise TrainJobError(
+                    f"{where} failed: condition Failed, reason {state.get('reason', '?')}: "
+                    f"{state.get('message', '')} (logs: {logs})"
+                )
         left = deadline - clock()
         if left <= 0:
             api.delete(namespace, name)

@@ -208,7 +208,12 @@ class FakeKube:
             del self.jobs[key]
             return self._reply(200, {"status": "Success"})
         if self.script:
-            self.jobs[key]["status"] = self.script.pop(0)
+            step = self.script.pop(0)
+            if step == "no answer":
+                raise urllib3.exceptions.ProtocolError("Connection aborted.")
+            if isinstance(step, int):  # the API server answers with this error status
+                return self._reply(step, {"reason": "ServiceUnavailable"})
+            self.jobs[key]["status"] = step
         return self._reply(200, self.jobs[key])
 
     @staticmethod
@@ -320,6 +325,29 @@ def test_a_failed_job_names_the_job_and_its_failed_condition(kube) -> None:
     text = str(err.value)
     assert f"TFJob {NS}/{SPEC.job} failed: condition Failed, reason TFJobFailed" in text
     assert "Worker 1 exited with code 1" in text and "kubectl" in text
+
+
+def test_wait_rides_out_an_unreachable_api_server_but_not_forever(kube) -> None:
+    from ferflow.trainjob import MAX_FAILED_READS
+
+    succeeded = _status(("Succeeded", "TFJobSucceeded", "done"))
+    api = kube(FakeKube([RUNNING, 503, "no answer", 429, RUNNING, succeeded]))
+    api.create(_manifest())
+    lines: list[str] = []
+    job = wait(api, NS, SPEC.job, timeout_s=60, poll_s=0, echo=lines.append)
+    assert job["status"] == succeeded
+    assert sum("cannot read it" in line for line in lines) == 3
+    assert any("HTTP 503" in line for line in lines) and any("Connection aborted" in line for line in lines)
+    down = FakeKube([RUNNING] + [503] * MAX_FAILED_READS)
+    api = kube(down)
+    api.create(_manifest())
+    with pytest.raises(TrainJobError, match=rf"{MAX_FAILED_READS} reads in a row failed.*HTTP 503"):
+        wait(api, NS, SPEC.job, timeout_s=60, poll_s=0, echo=lambda _: None)
+    assert not down.calls("DELETE")  # an unreadable job is not known to be stuck: it is left
+    api = kube(FakeKube([RUNNING, 403]))
+    api.create(_manifest())
+    with pytest.raises(TrainJobError, match="HTTP 403"):  # not transient: fails at once
+        wait(api, NS, SPEC.job, timeout_s=60, poll_s=0, echo=lambda _: None)
 
 
 def test_a_job_past_its_timeout_is_deleted_and_the_error_says_where_it_stuck(kube) -> None:
