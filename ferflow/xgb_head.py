@@ -244,6 +244,8 @@ def attach_xgboost_head(fp32_path: Path, data: TrainingData, cfg: TrainConfig) -
     tune_x = backbone_features(backbone, data.tune.pixels, threads)
     if fit_x.ndim != 2 or fit_x.shape[1] == 0:
         raise ValueError(f"{fp32_path}: the features before the final dense layer are not (N, D)")
+    # majority labels, whatever the label scheme: the soft targets enter only through the network;
+    # data.weights carries the class balancing and source weights the network's loss used
     fit_y, tune_y = data.fit.label.astype(int), data.tune.label.astype(int)
     start = time.perf_counter()
     booster = fit_trees(
