@@ -3,7 +3,8 @@
 ``train(cfg, dataset, run_dir)`` does, in order:
 
 1. **device**: :func:`configure_device` picks GPU (mixed float16) or CPU (oneDNN, threads from
-   the cores this process may use, mixed bfloat16 when the CPU has AMX-bf16; the Intel
+   the cores this process may use, mixed bfloat16 when the CPU has bf16 instructions
+   (AMX-bf16 or AVX512-BF16, :func:`bf16_cpu`); the Intel
    Extension for TensorFlow plugin is loaded when installed) and prints its choice;
 2. **data**: a stratified, seeded tuning split is carved out of ``train`` (the dataset's
    ``valid`` split is the *test* set and is only scored at the end); targets follow one of
@@ -115,6 +116,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def bf16_cpu(flags: set[str]) -> bool:
+    """Whether ``auto`` trains in mixed bfloat16 on a CPU with these ``/proc/cpuinfo`` flags:
+    AMX-bf16 tiles, or the AVX512-BF16 dot-product instructions. oneDNN has bf16 kernels for
+    both; without AMX, bf16 trained the reference backbone 1.01-1.25x as fast as float32 at the
+    same accuracy (docs/training.md, "Precision")."""
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -159,7 +168,7 @@ def configure_device(precision: str | Precision = Precision.AUTO, verbose: bool 
     if precision is Precision.AUTO:
         if gpus:
             precision = Precision.MIXED_FLOAT16
-        elif amx:
+        elif bf16_cpu(flags):
             precision = Precision.MIXED_BFLOAT16
         else:
             precision = Precision.FLOAT32
@@ -785,8 +794,13 @@ def fit_model(
         model = _compiled_model(cfg, data)
         if dist.replicas > 1:  # batch statistics of the global batch, as one process computes them
             synchronize_batch_norm(model)
-        folder = run_dir / "checkpoint"
-        committed = restore_checkpoint(model, folder) if checkpoint and dist.chief else {}
+        if dist.task.workers > 1:
+            _fit_multi_worker_with_keras(model, data, cfg.batch_size // dist.replicas)
+    folder = run_dir / "checkpoint"
+    # outside the scope: on several workers a variable Keras creates while loading would be
+    # broadcast from the chief alone, a collective the other workers never join
+    committed = restore_checkpoint(model, folder) if checkpoint and dist.chief else {}
+    with dist.scope():
         committed = _sync_from_chief(model, dist, committed)
     initial_epoch = int(committed.get("epoch", 0))
     history_path = run_dir / "history.json"
@@ -849,6 +863,31 @@ def _compiled_model(cfg: TrainConfig, data: TrainingData):
     # traced step, and tf.function then traces the whole step a second time (~5 s a fit)
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _fit_multi_worker_with_keras(model, data: TrainingData, per_replica: int) -> None:
+    """Two steps of Keras 3.15's ``fit`` fail under MultiWorkerMirroredStrategy; go around them.
+
+    1. Before the first step it reduces a distributed batch's whole ``(x, y, w)`` structure with
+       ``strategy.reduce``, which this strategy refuses ("Attempt to convert a value
+       (PerReplica...) to a Tensor"): build the compiled loss and metrics here from one replica's
+       batch shapes and skip that step.
+    2. It reduces each step's logged scalars with ``strategy.reduce("MEAN", v, axis=0)``, which
+       fails on a scalar ("Invalid reduction dimension 0", tensorflow/tensorflow#72388): the
+       steps return them as ``[1]`` tensors. The metrics' variables are summed over all replicas
+       as they update, so each replica's value is already the global one and the mean keeps it.
+    """
+    from keras import ops, tree
+
+    x = np.zeros((per_replica, *data.fit.pixels.shape[1:], 1), np.float32)
+    y = np.zeros((per_replica, data.num_classes), np.float32)
+    model._symbolic_build(data_batch=(x, y, np.ones(per_replica, np.float32)))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+    def rank1(step):
+        return lambda batch: tree.map_structure(lambda v: ops.reshape(v, [1]), step(batch))
+
+    model.train_step, model.test_step = rank1(model.train_step), rank1(model.test_step)
 
 
 def _sync_from_chief(model, dist: Distribution, committed: dict[str, Any]) -> dict[str, Any]:
