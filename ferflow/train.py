@@ -794,6 +794,8 @@ def fit_model(
         model = _compiled_model(cfg, data)
         if dist.replicas > 1:  # batch statistics of the global batch, as one process computes them
             synchronize_batch_norm(model)
+        if dist.local_replicas > 1:
+            _keep_each_replica_its_own_losses(model)
         if dist.task.workers > 1:
             _fit_multi_worker_with_keras(model, data, cfg.batch_size // dist.replicas)
     folder = run_dir / "checkpoint"
@@ -888,6 +890,31 @@ def _fit_multi_worker_with_keras(model, data: TrainingData, per_replica: int) ->
         return lambda batch: tree.map_structure(lambda v: ops.reshape(v, [1]), step(batch))
 
     model.train_step, model.test_step = rank1(model.train_step), rank1(model.test_step)
+
+
+def _keep_each_replica_its_own_losses(model) -> None:
+    """Each replica of one process adds only its own ``add_loss`` terms (the region-biased loss).
+
+    MirroredStrategy traces a process's replicas in turns, switching at every all-reduce (each
+    synchronised batch normalisation), and a layer's list of added losses is shared: a later
+    replica found the earlier replicas' terms too and counted them again. A replica now keeps
+    the terms traced under its own name scope (``replica_<k>/``, none for replica 0)."""
+    import tensorflow as tf
+
+    def replica_scope(name: str) -> str:
+        first = name.split("/")[0]
+        return first if first.startswith("replica_") else ""
+
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+
+        def own_losses(original=layer._get_own_losses):
+            losses = original()
+            if not tf.inside_function():
+                return losses
+            mine = replica_scope(tf.compat.v1.get_default_graph().get_name_scope())
+            return [t for t in losses if replica_scope(getattr(t, "name", "") or "") == mine]
+
+        layer._get_own_losses = own_losses
 
 
 def _sync_from_chief(model, dist: Distribution, committed: dict[str, Any]) -> dict[str, Any]:

@@ -249,9 +249,10 @@ BASE = {"epochs": 3, "spe": 5, "batch": 16, "lr": 3e-3}
 SINGLE = {**BASE, "batch": 32, "lr": 3e-3 * math.sqrt(2), "distribute": "none"}
 # Tolerance on the per-epoch training loss (3 epochs of 5 AdamW steps): batch statistics are
 # all-reduced as sums (E[x²] − E[x]²) and gradients summed across replicas, another float order
-# than one process. Measured on a 2-core AMD EPYC: two workers vs one process 1.2e-5 relative,
-# MirroredStrategy on two logical CPUs vs one process 1.7e-3 (its larger gap is not explained).
-RTOL = 5e-3
+# than one process. Measured on a 2-core AMD EPYC: two workers and MirroredStrategy on two
+# logical CPUs both 1.2e-5 relative from one process. Counting the region-biased loss of the
+# other replica too (Keras' shared add_loss list under MirroredStrategy) moved them 1.7e-3.
+RTOL = 2e-4
 
 
 @pytest.mark.slow
