@@ -11,7 +11,9 @@
 # ferflow's model code is Keras 3: keras 3.15.1 goes in with --no-deps plus its own dependencies,
 # because TF 2.15's metadata asks for keras<2.16 (Keras 3 still runs on TF 2.15's ops). ferflow
 # itself is not installed: run its code with PYTHONPATH=<repo> (the model and bench paths need
-# only NumPy, Keras and TensorFlow). Idempotent: reruns reuse the venv.
+# only NumPy, Keras and TensorFlow). TensorFlow loads ITEX's CPU plugin by itself, but ITEX's Python
+# package does not import under Keras 3 (it reaches into Keras 2 internals), so ferflow's device
+# line reads ITEX=not installed there while the plugin is loaded. Idempotent: reruns reuse the venv.
 # Interpreter: $PYTHON (default python3.11); uv is used when on PATH or in .tools/, else pip.
 set -euo pipefail
 
@@ -43,19 +45,23 @@ else
 fi
 
 PYTHONPATH="$REPO" TF_CPP_MIN_LOG_LEVEL=1 "$VENV/bin/python" - <<'EOF'
-import importlib.util
+from importlib import metadata
 
 import keras
-import tensorflow as tf
+import tensorflow as tf  # loads ITEX's C++ CPU plugin when installed ("... CPU backend is loaded")
 
 from ferflow.models import build_model
 
-itex = importlib.util.find_spec("intel_extension_for_tensorflow")
-if itex is not None:
-    import intel_extension_for_tensorflow as itex_mod
-
-    itex = itex_mod.__version__
+try:
+    itex = metadata.version("intel_extension_for_tensorflow")
+except metadata.PackageNotFoundError:
+    itex = "not installed"
+else:
+    try:  # its Python API reaches into Keras 2 internals: under Keras 3 only the plugin is usable
+        import intel_extension_for_tensorflow  # noqa: F401
+    except ImportError as err:
+        itex += f" (plugin only: its Python package does not import under Keras 3: {err})"
 model = build_model("ran_fm", 8, width=8, head_stages=1)
-print(f"tensorflow {tf.__version__}, keras {keras.__version__}, ITEX {itex or 'not installed'}, "
+print(f"tensorflow {tf.__version__}, keras {keras.__version__}, ITEX {itex}, "
       f"ferflow ran_fm builds ({model.count_params()} params)")
 EOF
