@@ -297,7 +297,7 @@ class ScheduleName(StrEnum):
 
 
 class Precision(StrEnum):
-    AUTO = "auto"  # GPU: mixed_float16; CPU with AMX-bf16: mixed_bfloat16; else float32
+    AUTO = "auto"  # GPU: mixed_float16; CPU with AMX-bf16 or AVX512-BF16: mixed_bfloat16; else float32
     FLOAT32 = "float32"
     MIXED_BFLOAT16 = "mixed_bfloat16"
     MIXED_FLOAT16 = "mixed_float16"
