@@ -5,7 +5,8 @@ and driven by *stateless* random ops keyed on ``(seed, batch_index)``: the same 
 index always give the same augmentation, whatever the thread scheduling.
 
 Per image: a random affine transform (shift, scale, small rotation, horizontal flip) applied
-by a single bilinear warp with reflected borders; brightness and contrast jitter; random
+by a single bilinear warp with reflected borders, optionally anisotropic (aspect jitter);
+brightness and contrast jitter; optional gamma, blur, downscaling and noise; random
 erasing (a noise-filled rectangle, for occlusion robustness). Per batch, optionally, mixup.
 Inputs are model inputs (float32 ``(B, 48, 48, 1)`` in ``[0, 1]``, see
 :mod:`ferflow.preprocess`); outputs stay in ``[0, 1]``.
@@ -26,7 +27,7 @@ def _seeds(seed, n: int) -> list[tf.Tensor]:
 
 def affine_matrices(batch: tf.Tensor, cfg: AugmentConfig, size: int, seed) -> tf.Tensor:
     """(B, 8) output→input projective transforms for ``ImageProjectiveTransformV3``."""
-    s_rot, s_scale, s_tx, s_ty, s_flip = _seeds(seed, 5)
+    s_rot, s_scale, s_tx, s_ty, s_flip, s_aspect = _seeds(seed, 6)
     shape = tf.stack([batch])
     theta = tf.random.stateless_uniform(shape, s_rot, -1.0, 1.0) * (cfg.rotation_deg * math.pi / 180)
     scale = tf.exp(
@@ -40,10 +41,13 @@ def affine_matrices(batch: tf.Tensor, cfg: AugmentConfig, size: int, seed) -> tf
         flip = tf.where(tf.random.stateless_uniform(shape, s_flip) < 0.5, -1.0, 1.0)
     else:
         flip = tf.ones(shape)
-    cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
-    # forward: p_out = c + s·R(θ)·F·(p_in − c) + t; we need the inverse p_in = M·p_out + off
-    a0, a1 = flip * cos, flip * sin
-    b0, b1 = -sin, cos
+    aspect = tf.exp(tf.random.stateless_uniform(shape, s_aspect, -1.0, 1.0) * cfg.aspect_jitter)
+    sx, sy = scale * aspect, scale / aspect
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # forward: p_out = c + S·R(θ)·F·(p_in − c) + t with S = diag(sx, sy);
+    # we need the inverse p_in = F·R(−θ)·S⁻¹·(p_out − c − t) + c = M·p_out + off
+    a0, a1 = flip * cos / sx, flip * sin / sy
+    b0, b1 = -sin / sx, cos / sy
     c = (size - 1) / 2.0
     a2 = c - (a0 * (c + tx) + a1 * (c + ty))
     b2 = c - (b0 * (c + tx) + b1 * (c + ty))
@@ -77,6 +81,47 @@ def random_erase(images: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
     return tf.where(inside, noise, images)
 
 
+def _gaussian_blur(images: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """Separable 7-tap Gaussian blur with reflected borders, one σ for the whole batch."""
+    taps = tf.range(-3.0, 4.0)
+    kernel = tf.exp(-0.5 * tf.square(taps / sigma))
+    kernel /= tf.reduce_sum(kernel)
+    padded = tf.pad(images, [[0, 0], [3, 3], [3, 3], [0, 0]], mode="REFLECT")
+    rows = tf.nn.conv2d(padded, tf.reshape(kernel, [7, 1, 1, 1]), 1, "VALID")
+    return tf.nn.conv2d(rows, tf.reshape(kernel, [1, 7, 1, 1]), 1, "VALID")
+
+
+def _downscale(images: tf.Tensor, side: tf.Tensor) -> tf.Tensor:
+    """Area-downsample to ``side`` pixels, then bilinear back: a small face seen up close."""
+    size = images.shape[1]
+    small = tf.image.resize(images, tf.stack([side, side]), method="area")
+    return tf.image.resize(small, [size, size], method="bilinear")
+
+
+def degrade(images: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
+    """Camera degradations (blur, downscale, noise), each on a random share of the batch."""
+    s_gamma, s_blur, s_sigma, s_down, s_side, s_noise, s_nsig, s_nval = _seeds(seed, 8)
+    b = tf.shape(images)[0]
+    mask_shape = tf.stack([b, 1, 1, 1])
+    if cfg.gamma > 0:
+        g = tf.exp(tf.random.stateless_uniform(mask_shape, s_gamma, -cfg.gamma, cfg.gamma))
+        images = tf.pow(tf.maximum(images, 1e-6), g)
+    if cfg.blur_prob > 0:
+        sigma = tf.random.stateless_uniform([], s_sigma, 0.3, cfg.blur_sigma)
+        chosen = tf.random.stateless_uniform(mask_shape, s_blur) < cfg.blur_prob
+        images = tf.where(chosen, _gaussian_blur(images, sigma), images)
+    if cfg.downscale_prob > 0:
+        side = tf.random.stateless_uniform([], s_side, cfg.downscale_side, 41, dtype=tf.int32)
+        chosen = tf.random.stateless_uniform(mask_shape, s_down) < cfg.downscale_prob
+        images = tf.where(chosen, _downscale(images, side), images)
+    if cfg.noise_prob > 0:
+        sigma = tf.random.stateless_uniform(mask_shape, s_nsig, 0.0, cfg.noise_sigma)
+        chosen = tf.random.stateless_uniform(mask_shape, s_noise) < cfg.noise_prob
+        noisy = images + sigma * tf.random.stateless_normal(tf.shape(images), s_nval)
+        images = tf.where(chosen, noisy, images)
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
 def mixup(images: tf.Tensor, targets: tf.Tensor, alpha: float, seed):
     """Blend each example with its mirror in the batch, λ ~ Beta(α, α) per example."""
     s_a, s_b = _seeds(seed, 2)
@@ -92,6 +137,8 @@ def mixup(images: tf.Tensor, targets: tf.Tensor, alpha: float, seed):
 def augment_batch(images: tf.Tensor, targets: tf.Tensor, cfg: AugmentConfig, seed):
     """Augment a batch; ``seed`` is an int32/int64 ``[2]`` tensor (e.g. ``[run_seed, step]``)."""
     s_affine, s_bright, s_contrast, s_erase, s_mix = _seeds(tf.cast(seed, tf.int64), 5)
+    # keyed apart from the five above, so recipes without degradations keep their batches
+    s_degrade = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 7)
     static_shape = images.shape  # keep it static: unknown H/W slow down oneDNN convolutions
     size = images.shape[1]
     b = tf.shape(images)[0]
@@ -109,6 +156,8 @@ def augment_batch(images: tf.Tensor, targets: tf.Tensor, cfg: AugmentConfig, see
     contrast = tf.random.stateless_uniform(shape, s_contrast, 1 - cfg.contrast, 1 + cfg.contrast)
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     images = tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
+    if cfg.gamma > 0 or cfg.blur_prob > 0 or cfg.downscale_prob > 0 or cfg.noise_prob > 0:
+        images = tf.ensure_shape(degrade(images, cfg, s_degrade), static_shape)
     if cfg.erase_prob > 0:
         images = random_erase(images, cfg, s_erase)
     if cfg.mixup_alpha > 0:

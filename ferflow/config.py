@@ -355,11 +355,23 @@ class AugmentConfig:
     """On-the-fly augmentation (ferflow.augment); fractions are of the 48-pixel side."""
 
     max_shift: float = 0.1
-    scale_range: tuple[float, float] = (0.9, 1.1)
+    scale_range: tuple[float, float] = (0.9, 1.1)  # > 1 zooms in (tight framing), < 1 out
+    aspect_jitter: float = 0.0  # x/y scales s·r and s/r, log r ~ U(-a, a): faces boxed wide or tall
     rotation_deg: float = 10.0
     flip: bool = True
     brightness: float = 0.2  # additive, on the [0, 1] scale
     contrast: float = 0.3  # multiplicative jitter 1 ± contrast around the image mean
+    gamma: float = 0.0  # pixel ** exp(U(-gamma, gamma)): under- and over-exposed cameras
+    # Camera degradations, each on a random share of the batch (0 disables): Gaussian blur with
+    # one σ ~ U(0.3, blur_sigma) per batch, down- then up-sampling through a side drawn in
+    # [downscale_side, 40] per batch (small faces in video), and additive Gaussian noise with
+    # σ ~ U(0, noise_sigma) per image (on the [0, 1] scale).
+    blur_prob: float = 0.0
+    blur_sigma: float = 1.5
+    downscale_prob: float = 0.0
+    downscale_side: int = 12
+    noise_prob: float = 0.0
+    noise_sigma: float = 0.08
     erase_prob: float = 0.25  # random erasing (occlusion robustness)
     erase_area: tuple[float, float] = (0.02, 0.15)
     mixup_alpha: float = 0.0  # 0 disables mixup
@@ -400,6 +412,9 @@ class TrainConfig:
     tune_fraction: float = 0.1  # stratified tuning split carved from train (early stopping)
     early_stopping_patience: int = 10
     seed: int = 42
+    # start from these weights (a ``.weights.h5`` or ``.keras`` file of the same architecture)
+    # instead of a random initialisation; nothing is ever downloaded
+    init_weights: str | None = None
     precision: Precision = Precision.AUTO
     distribute: DistributeMode = DistributeMode.AUTO
     head: HeadName = HeadName.SOFTMAX

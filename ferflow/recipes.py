@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ferflow.config import MODEL_NAMES, TrainConfig
+from ferflow.config import MODEL_NAMES, AugmentConfig, TrainConfig
 
 _CHECKOUT_RECIPES = Path(__file__).resolve().parents[1] / "configs"
 _PACKAGED_RECIPES = Path(__file__).resolve().parent / "configs"  # in the wheel
@@ -129,6 +129,9 @@ def check_train_config(cfg: TrainConfig, where: str = "recipe") -> None:
         problems.append("learning_rate must be > 0")
     if any(w < 0 for w in cfg.source_weights.values()):
         problems.append("source_weights must be >= 0")
+    problems += _augment_problems(cfg.augment)
+    if cfg.init_weights and not Path(cfg.init_weights).is_file():
+        problems.append(f"init_weights {cfg.init_weights} is not a file (a .weights.h5 or .keras file)")
     if problems:
         raise RecipeError(f"{where}: " + "; ".join(problems))
 
@@ -208,6 +211,21 @@ def _replace_path(obj: Any, keys: list[str], value: Any, where: str) -> Any:
     else:
         new = _coerce(value, types_[head], f"{where}: {head}", current)
     return dataclasses.replace(obj, **{head: new})
+
+
+def _augment_problems(aug: AugmentConfig) -> list[str]:
+    problems = [
+        f"augment.{name} must be in [0, 1]"
+        for name in ("erase_prob", "blur_prob", "downscale_prob", "noise_prob")
+        if not 0 <= getattr(aug, name) <= 1
+    ]
+    if not 0 < aug.scale_range[0] <= aug.scale_range[1]:
+        problems.append("augment.scale_range must be [low, high] with 0 < low <= high")
+    if not 4 <= aug.downscale_side <= 40:
+        problems.append("augment.downscale_side must be in [4, 40]")
+    if aug.blur_sigma < 0.3:
+        problems.append("augment.blur_sigma must be >= 0.3")
+    return problems
 
 
 def _coerce(value: Any, tp: Any, where: str, current: Any = None) -> Any:

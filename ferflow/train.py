@@ -850,6 +850,23 @@ def fit_model(
     return model
 
 
+def load_init_weights(model, path: Path) -> None:
+    """Copy the weights of ``path`` (``.weights.h5``, or a saved ``.keras`` model) into ``model``.
+
+    The architecture must match layer for layer; a mismatch stops with the file and the reason.
+    """
+    import keras
+
+    try:
+        if path.suffix == ".keras":
+            model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+        else:
+            model.load_weights(path)
+    except (ValueError, OSError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"init_weights {path}: does not fit model {model.name!r} ({first})") from exc
+
+
 def _compiled_model(cfg: TrainConfig, data: TrainingData):
     """``cfg.model`` built and compiled, its optimizer built (in the caller's strategy scope)."""
     import keras
@@ -857,6 +874,8 @@ def _compiled_model(cfg: TrainConfig, data: TrainingData):
     from ferflow.models import build_model
 
     model = build_model(cfg.model, data.num_classes, **model_kwargs(cfg))
+    if cfg.init_weights:
+        load_init_weights(model, Path(cfg.init_weights))
     model.compile(
         optimizer=make_optimizer(cfg, data.steps_per_epoch),
         loss=make_loss(cfg),

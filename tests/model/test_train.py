@@ -515,3 +515,23 @@ def test_cli_train_smoke(small_dataset, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "trained cnn for 1 epochs" in res.output
     assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+def test_init_weights_start_from_a_file_and_refuse_another_architecture(trained, tmp_path):
+    import keras
+
+    from ferflow.models import build_model
+    from ferflow.train import load_init_weights, model_kwargs
+
+    source = keras.saving.load_model(trained.keras_path, compile=False)
+    weights = tmp_path / "start.weights.h5"
+    source.save_weights(weights)
+    for path in (weights, trained.keras_path):
+        fresh = build_model(TINY.model, 8, **model_kwargs(TINY))
+        assert not np.allclose(fresh.get_weights()[0], source.get_weights()[0])
+        load_init_weights(fresh, Path(path))
+        for got, want in zip(fresh.get_weights(), source.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+    wider = build_model(TINY.model, 8, **model_kwargs(replace(TINY, width=12)))
+    with pytest.raises(ValueError, match=r"init_weights .*start\.weights\.h5: does not fit model"):
+        load_init_weights(wider, weights)
