@@ -263,7 +263,9 @@ def load_eval_data(
         src, split_name = _scored_folder(path, split) if fmt is SourceFormat.FOLDERS else (path, None)
         config = IngestConfig(fmt, LabelScheme.MAJORITY, class_set, gate)
         result = ingest_to_memory(src, config, progress=progress, name=path.name)
-    except (IngestError, GateFailed) as exc:
+    except GateFailed as exc:
+        raise EvalDataError(f"{path}: {exc.report.one_line()}") from exc
+    except IngestError as exc:
         raise EvalDataError(f"{path}: {exc}".splitlines()[0]) from exc
     if not result.splits:
         no_face = len(result.report.dropped.get(f"{NO_FACE} (photo not used)", []))

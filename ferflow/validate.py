@@ -64,6 +64,18 @@ class GateReport:
     def data_docs(self) -> Path | None:
         return None if self.report_dir is None else self.report_dir / "data_docs" / "index.html"
 
+    def one_line(self) -> str:
+        """The first failed check, its count and one offender, for a one-line error."""
+        if not self.findings:
+            return self.human().splitlines()[0]
+        f = self.findings[0]
+        example = (f.details or f.sources)[0]
+        more = f" and {len(self.findings) - 1} more failed check(s)" if len(self.findings) > 1 else ""
+        return (
+            f"data gate failed: {f.check} ({f.description}): {f.count} offending, e.g. {example!r}"
+            f"{more}; fix or remove those images"
+        )
+
     def human(self) -> str:
         s = self.summary
         lines = [f"data gate: {'PASSED' if self.passed else 'FAILED'} (run {s.get('run_name', '-')})"]

@@ -256,3 +256,21 @@ def test_pipeline_progress_shows_the_running_step_and_its_time(tmp_path: Path) -
     shown = tty.getvalue()
     assert "\r\x1b[K  train-model: running 1:02:05\r\x1b[K  train-model: success (" in shown
     assert shown.endswith(" s)\n")
+
+
+def test_evaluate_on_a_tree_with_an_unknown_class_names_the_check_and_an_image(tmp_path: Path) -> None:
+    from tests.conftest import PHOTOS, ROOT
+
+    tree = tmp_path / "tree"
+    for folder, photo in (("happiness", "happiness"), ("bored", "bored")):
+        (tree / folder).mkdir(parents=True)
+        first = sorted(PHOTOS.glob("*.jpg"))[0]
+        (tree / folder / f"{photo}.jpg").write_bytes(first.read_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    res = run_cli(["evaluate", "--model", str(ROOT / "models" / "reference"), "--dataset", str(tree)], work)
+    assert res.returncode == 2, res.stderr
+    (line,) = [x for x in lines(res.stderr) if "reading tree" not in x]  # the rest is a progress bar
+    assert line.startswith(f"error: {tree}: data gate failed: label_in_class_set")
+    assert "bored/bored.jpg: label 'bored'" in line and "1 offending" in line
+    assert list(work.iterdir()) == []
