@@ -55,7 +55,7 @@ SCORES_EXAMPLE = {
     "fear": 0.000119,
     "contempt": 0.038682,
 }
-MODEL_EXAMPLE = {"name": "reference", "version": "sha256:2ed31dc72c28"}
+MODEL_EXAMPLE = {"name": "reference", "version": "sha256:952c357c949c"}
 FACE_EXAMPLE = {
     "box": [29, 50, 319, 300],
     "detection_score": 0.8066,
