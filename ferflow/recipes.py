@@ -152,10 +152,16 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config as plain data (enums as values, tuples as lists): what a recipe file holds."""
+    """A config as plain data (enums as values, tuples as lists): what a recipe file holds.
+
+    An unset optional field (``None``) is left out: a recipe need not name it, and Kubeflow
+    pipeline parameters cannot carry ``None``.
+    """
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if value is None:
+            continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value)
         elif isinstance(value, enum.Enum):

@@ -124,3 +124,13 @@ def test_tuning_config_takes_the_same_typed_overrides(tmp_path):
         load_tune_config(None, ["pruner=asa"])
     with pytest.raises(RecipeError, match="model 'vgg' is not one of"):
         load_tune_config(None, ["base.model=vgg"])
+
+
+def test_unset_optional_fields_stay_out_of_the_plain_form_and_round_trip(tmp_path):
+    cfg = load_recipe("robust")
+    assert cfg.init_weights is None and "init_weights" not in to_dict(cfg)
+    (tmp_path / "w.weights.h5").write_bytes(b"")
+    started = load_recipe("robust", [f"init_weights={tmp_path / 'w.weights.h5'}"])
+    assert to_dict(started)["init_weights"] == str(tmp_path / "w.weights.h5")
+    (tmp_path / "dumped.yaml").write_text(dump_recipe(cfg))
+    assert load_recipe(tmp_path / "dumped.yaml") == cfg
