@@ -99,7 +99,8 @@ def _downscale(images: tf.Tensor, side: tf.Tensor) -> tf.Tensor:
 
 
 def degrade(images: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
-    """Camera degradations (blur, downscale, noise), each on a random share of the batch."""
+    """Exposure (gamma) and camera degradations (blur, downscale, noise), each on a random
+    share of the batch; the ones a config leaves at 0 add nothing to the graph."""
     s_gamma, s_blur, s_sigma, s_down, s_side, s_noise, s_nsig, s_nval = _seeds(seed, 8)
     b = tf.shape(images)[0]
     mask_shape = tf.stack([b, 1, 1, 1])
@@ -156,8 +157,7 @@ def augment_batch(images: tf.Tensor, targets: tf.Tensor, cfg: AugmentConfig, see
     contrast = tf.random.stateless_uniform(shape, s_contrast, 1 - cfg.contrast, 1 + cfg.contrast)
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     images = tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
-    if cfg.gamma > 0 or cfg.blur_prob > 0 or cfg.downscale_prob > 0 or cfg.noise_prob > 0:
-        images = tf.ensure_shape(degrade(images, cfg, s_degrade), static_shape)
+    images = tf.ensure_shape(degrade(images, cfg, s_degrade), static_shape)
     if cfg.erase_prob > 0:
         images = random_erase(images, cfg, s_erase)
     if cfg.mixup_alpha > 0:
