@@ -855,13 +855,8 @@ def load_init_weights(model, path: Path) -> None:
 
     The architecture must match layer for layer; a mismatch stops with the file and the reason.
     """
-    import keras
-
     try:
-        if path.suffix == ".keras":
-            model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
-        else:
-            model.load_weights(path)
+        model.load_weights(path)  # Keras reads both formats
     except (ValueError, OSError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"init_weights {path}: does not fit model {model.name!r} ({first})") from exc

@@ -262,10 +262,10 @@ def test_evaluate_on_a_tree_with_an_unknown_class_names_the_check_and_an_image(t
     from tests.conftest import PHOTOS, ROOT
 
     tree = tmp_path / "tree"
-    for folder, photo in (("happiness", "happiness"), ("bored", "bored")):
+    photo = sorted(PHOTOS.glob("*.jpg"))[0].read_bytes()
+    for folder in ("happiness", "bored"):
         (tree / folder).mkdir(parents=True)
-        first = sorted(PHOTOS.glob("*.jpg"))[0]
-        (tree / folder / f"{photo}.jpg").write_bytes(first.read_bytes())
+        (tree / folder / f"{folder}.jpg").write_bytes(photo)
     work = tmp_path / "work"
     work.mkdir()
     res = run_cli(["evaluate", "--model", str(ROOT / "models" / "reference"), "--dataset", str(tree)], work)
