@@ -1,6 +1,6 @@
 """Time one augmented batch per recipe (augmentation alone, no model).
 
-    flock -x /tmp/ferflow-cpu.lock .venv/bin/python bench/augment_cost.py reference robust
+flock -x /tmp/ferflow-cpu.lock .venv/bin/python bench/augment_cost.py reference robust
 """
 
 from __future__ import annotations
