@@ -11,7 +11,8 @@ its int8/fp32 siblings), or exports fresh float32 + int8 models of the named arc
     .venv/bin/python bench/inference.py --fer-python /path/to/fer-venv/bin/python   # + the peer
 
 Each model is timed on each runtime (``--runtime``; ``auto`` falls back to ONNX Runtime when
-OpenVINO fails its agreement probe, and the row says so), with and without its hflip
+OpenVINO fails its agreement probe; ONNX Runtime runs the graph as written when its fused int8
+kernels fail theirs; the row says so), with and without its hflip
 test-time augmentation (``--tta``), and with
 ``--dataset`` (default: the canonical dataset when present) also scored on its ``valid`` split
 (majority protocol). ``--fer-python`` runs ``bench/fer_peer.py`` in the venv holding the ``fer``
@@ -139,7 +140,7 @@ def main() -> None:
                     flush=True,
                 )
                 if r["fallback_reason"]:
-                    print(f"  (not OpenVINO: {r['fallback_reason']})", flush=True)
+                    print(f"  (fallback: {r['fallback_reason']})", flush=True)
     if args.fer_python:
         if dataset is None:
             sys.exit("--fer-python needs --dataset (a canonical dataset with a valid split)")

@@ -335,7 +335,7 @@ class XGBoostHeadConfig:
 class Runtime(StrEnum):
     """The engine that runs an exported ONNX model (``FerClassifier``; ``FERFLOW_RUNTIME``)."""
 
-    AUTO = "auto"  # OpenVINO when it agrees with ONNX Runtime on a probe batch, else ONNX Runtime
+    AUTO = "auto"  # OpenVINO when it matches the graph as written on a probe batch, else ONNX Runtime
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"  # about 2.5x ONNX Runtime on the reference model (docs/benchmarks.md, Inference)
 

@@ -7,11 +7,17 @@
 The class names and the input contract travel inside the ONNX file (``metadata_props``), so
 a model file is self-describing.
 
-Runtime (``runtime=`` or ``FERFLOW_RUNTIME``): ONNX Runtime is the reference. OpenVINO runs the
-same file about 2.2x faster on the int8 reference model here (4,392 vs 1,969 crops/s), but it
-has mis-computed a quantised graph before (see ``ferflow.export.FLOAT_SCOPES``), so under
-``auto`` it is used only after it agrees with ONNX Runtime on a probe batch, row by row and
-batched; otherwise ONNX Runtime serves and ``fallback_reason`` says why.
+Runtime (``runtime=`` or ``FERFLOW_RUNTIME``). The reference is the graph as written, run by
+ONNX Runtime with no graph optimisation: quantised layers run as dequantise → float op →
+quantise, so the result does not depend on the CPU's instruction set. Fast paths must agree with
+it on a probe batch, row by row and batched, before they serve:
+
+- OpenVINO (``auto`` tries it first). It has mis-computed a quantised graph before (see
+  ``ferflow.export.FLOAT_SCOPES``).
+- ONNX Runtime's fused int8 kernels. On x86 CPUs without VNNI they multiply u8 by s8 with
+  ``VPMADDUBSW``, whose 16-bit sums saturate: on an AMD EPYC without AVX-512 the reference model
+  lost 2.6 points of FER2013Valid that way. When they disagree, ONNX Runtime runs the graph as
+  written (slower) and ``fallback_reason`` says why.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from ferflow.preprocess import softmax, to_model_input
 logger = logging.getLogger(__name__)
 
 PROBE_FACES = 16
-PROBE_MAX_PROB_DIFF = 0.05  # largest |p_openvino - p_onnxruntime| allowed on the probe batch
+# largest |p_fast - p_reference| allowed on the probe batch. Kernels that compute the graph
+# correctly differ from it by rounding only (OpenVINO int8 on an AMD EPYC without VNNI: 0.038);
+# ONNX Runtime's saturating u8s8 kernels on the same CPU: 0.161
+PROBE_MAX_PROB_DIFF = 0.08
 
 _CHECKOUT_REFERENCE = Path(__file__).resolve().parents[1] / "models" / "reference" / "model.onnx"
 _PACKAGED_REFERENCE = Path(__file__).resolve().parent / "reference" / "model.onnx"  # in the wheel
@@ -44,6 +53,41 @@ REFERENCE_MODEL = _CHECKOUT_REFERENCE if _CHECKOUT_REFERENCE.is_file() else _PAC
 
 def default_model_path() -> Path:
     return Path(os.environ.get("FERFLOW_MODEL", REFERENCE_MODEL))
+
+
+def _ort_session(path: Path, threads: int, optimised: bool):
+    """An ONNX Runtime CPU session. ``optimised=False`` runs the graph as written: no fused int8
+    kernels, so its results do not depend on the CPU's instruction set (the probe's reference)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimised else level.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _probe_faces() -> np.ndarray:
+    """Smooth seeded noise, (PROBE_FACES, 48, 48, 1): no image data ships with the package."""
+    coarse = np.random.default_rng(0).random((PROBE_FACES, 6, 6), dtype=np.float32)
+    return np.kron(coarse, np.ones((8, 8), dtype=np.float32))[..., None]
+
+
+def _disagreement(
+    name: str, run: Callable[[np.ndarray], np.ndarray], faces: np.ndarray, expected: np.ndarray
+) -> str | None:
+    """Why ``run`` may not stand in for the graph as written, or None if it may: each probe face
+    goes through it alone and in one batch."""
+    batched = softmax(run(faces))
+    alone = softmax(np.concatenate([run(faces[i : i + 1]) for i in range(len(faces))]))
+    worst = max(np.abs(batched - expected).max(), np.abs(alone - expected).max())
+    if not np.isfinite(worst) or worst > PROBE_MAX_PROB_DIFF:
+        return (
+            f"on {PROBE_FACES} probe faces the probabilities of {name} differ from the graph's "
+            f"by up to {worst:.3f} (allowed {PROBE_MAX_PROB_DIFF})"
+        )
+    return None
 
 
 class FerClassifier:
@@ -58,24 +102,16 @@ class FerClassifier:
     ):
         """``tta``: test-time augmentation; ``None`` follows the model's ``tta`` metadata.
         ``runtime``: ``None`` reads ``FERFLOW_RUNTIME`` (default ``auto``)."""
-        import onnxruntime as ort
-
         self.path = Path(path) if path is not None else default_model_path()
         if not self.path.is_file():
             raise FileNotFoundError(f"model file {self.path} does not exist")
-        opts = ort.SessionOptions()
         if threads is None:
             try:
                 threads = len(os.sched_getaffinity(0))
             except AttributeError:  # pragma: no cover
                 threads = os.cpu_count() or 1
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = _ort_session(self.path, threads, optimised=True)
         except Exception as err:
             raise ValueError(f"{self.path} is not a loadable ONNX model: {err}") from err
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -104,43 +140,31 @@ class FerClassifier:
             known = ", ".join(r.value for r in Runtime)
             source = "argument runtime" if runtime is not None else RUNTIME_ENV
             raise ValueError(f"{source}={chosen!r} is not one of {known}") from None
-        if wanted is Runtime.ONNXRUNTIME:
-            return
-        try:
-            engine = _OpenVINO(self.path, threads)
-            problem = self._disagreement(engine)
-        except ImportError:
-            problem = "the openvino package is not installed"
-        except Exception as err:  # a graph OpenVINO cannot compile: ONNX Runtime still can
-            problem = f"OpenVINO cannot compile it: {err}"
-        if problem is None:
-            self._engine, self._infer, self.runtime = engine, engine.run, Runtime.OPENVINO
-            self.session = None  # metadata and the probe are read; its memory is not needed
-            return
-        if wanted is Runtime.OPENVINO:
-            raise ValueError(f"{self.path}: runtime openvino refused: {problem}")
-        self.fallback_reason = problem
-        logger.warning("%s: serving with ONNX Runtime, not OpenVINO: %s", self.path, problem)
-
-    def _disagreement(self, engine: _OpenVINO) -> str | None:
-        """Why OpenVINO may not stand in for ONNX Runtime on this model, or None if it may.
-
-        The probe faces are smooth seeded noise (no image data ships with the package); each
-        goes through OpenVINO alone and in one batch, and through ONNX Runtime batched.
-        """
-        rng = np.random.default_rng(0)
-        coarse = rng.random((PROBE_FACES, 6, 6), dtype=np.float32)
-        faces = np.kron(coarse, np.ones((8, 8), dtype=np.float32))[..., None]  # (N, 48, 48, 1)
-        expected = softmax(self._onnxruntime(faces))
-        batched = softmax(engine.run(faces))
-        alone = softmax(np.concatenate([engine.run(faces[i : i + 1]) for i in range(len(faces))]))
-        worst = max(np.abs(batched - expected).max(), np.abs(alone - expected).max())
-        if not np.isfinite(worst) or worst > PROBE_MAX_PROB_DIFF:
-            return (
-                f"on {PROBE_FACES} probe faces its probabilities differ from ONNX Runtime's by up to "
-                f"{worst:.3f} (allowed {PROBE_MAX_PROB_DIFF})"
-            )
-        return None
+        as_written = _ort_session(self.path, threads, optimised=False)
+        faces = _probe_faces()
+        expected = softmax(as_written.run(None, {self.input_name: faces})[0])
+        if wanted is not Runtime.ONNXRUNTIME:
+            try:
+                engine = _OpenVINO(self.path, threads)
+                problem = _disagreement("OpenVINO", engine.run, faces, expected)
+            except ImportError:
+                problem = "the openvino package is not installed"
+            except Exception as err:  # a graph OpenVINO cannot compile: ONNX Runtime still can
+                problem = f"OpenVINO cannot compile it: {err}"
+            if problem is None:
+                self._engine, self._infer, self.runtime = engine, engine.run, Runtime.OPENVINO
+                self.session = None  # metadata and the probe are read; its memory is not needed
+                return
+            if wanted is Runtime.OPENVINO:
+                raise ValueError(f"{self.path}: runtime openvino refused: {problem}")
+            self.fallback_reason = problem
+        fused = _disagreement("ONNX Runtime's fused kernels", self._onnxruntime, faces, expected)
+        if fused is not None:
+            self.session = as_written
+            reasons = [self.fallback_reason, fused, "ONNX Runtime runs the graph as written (slower)"]
+            self.fallback_reason = "; ".join(r for r in reasons if r)
+        if self.fallback_reason:
+            logger.warning("%s: serving with ONNX Runtime: %s", self.path, self.fallback_reason)
 
     def _onnxruntime(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
