@@ -415,6 +415,10 @@ class TrainConfig:
     # start from these weights (a ``.weights.h5`` or ``.keras`` file of the same architecture)
     # instead of a random initialisation; nothing is ever downloaded
     init_weights: str | None = None
+    # offline distillation: an exported ferflow ONNX model scores the un-augmented training faces
+    # once (with its own TTA), and its probabilities take ``teacher_weight`` of each target
+    teacher: str | None = None
+    teacher_weight: float = 0.5
     precision: Precision = Precision.AUTO
     distribute: DistributeMode = DistributeMode.AUTO
     head: HeadName = HeadName.SOFTMAX

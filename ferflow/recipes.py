@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ferflow.config import MODEL_NAMES, AugmentConfig, TrainConfig
+from ferflow.config import MODEL_NAMES, AugmentConfig, LabelScheme, TrainConfig
 
 _CHECKOUT_RECIPES = Path(__file__).resolve().parents[1] / "configs"
 _PACKAGED_RECIPES = Path(__file__).resolve().parent / "configs"  # in the wheel
@@ -132,6 +132,12 @@ def check_train_config(cfg: TrainConfig, where: str = "recipe") -> None:
     problems += _augment_problems(cfg.augment)
     if cfg.init_weights and not Path(cfg.init_weights).is_file():
         problems.append(f"init_weights {cfg.init_weights} is not a file (a .weights.h5 or .keras file)")
+    if cfg.teacher and not Path(cfg.teacher).is_file():
+        problems.append(f"teacher {cfg.teacher} is not a file (an exported model.onnx)")
+    if not 0 <= cfg.teacher_weight <= 1:
+        problems.append("teacher_weight must be in [0, 1]")
+    if cfg.teacher and LabelScheme(cfg.label_scheme) is LabelScheme.MULTI_TARGET:
+        problems.append("a teacher's probabilities need soft targets; use another label_scheme")
     if problems:
         raise RecipeError(f"{where}: " + "; ".join(problems))
 

@@ -692,6 +692,26 @@ def _open_splits(dataset) -> tuple[dict[str, Any], Any, str, set[str]]:
     return ds.meta, ds.load, str(ds.root), set(ds.splits)
 
 
+def teacher_probabilities(path: Path, pixels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """A teacher model's class probabilities ``(N, C)`` for uint8 faces, in ``classes`` order."""
+    from ferflow.predict import FerClassifier
+
+    teacher = FerClassifier(path)
+    if teacher.classes != list(classes):
+        raise ValueError(
+            f"teacher {path}: its classes {teacher.classes} are not the dataset's {list(classes)}; "
+            "distil from a model trained on the same class set"
+        )
+    started = time.perf_counter()
+    probs = teacher.predict_proba(pixels)
+    print(
+        f"teacher {path}: {len(pixels)} faces scored in {time.perf_counter() - started:.0f} s "
+        f"({teacher.runtime.value}, tta={teacher.tta.value})",
+        flush=True,
+    )
+    return probs
+
+
 def prepare_data(
     cfg: TrainConfig,
     dataset: str | Path | CanonicalDataset | tuple[dict[str, Split], dict[str, Any]],
@@ -718,6 +738,9 @@ def prepare_data(
     if scheme is LabelScheme.MULTI_TARGET and cfg.augment.mixup_alpha > 0:
         raise ValueError("mixup needs soft targets; it cannot be combined with multi_target")
     targets = scheme_targets(fit_split, classes, meta.get("class_set"), scheme)
+    if cfg.teacher:
+        taught = teacher_probabilities(Path(cfg.teacher), fit_split.pixels, classes)
+        targets = ((1 - cfg.teacher_weight) * targets + cfg.teacher_weight * taught).astype(np.float32)
     cw = class_weights(fit_split.label, len(classes), cfg.class_weight_power)
     weights = cw[fit_split.label.astype(int)] * row_weight[fit_idx]
     return TrainingData(

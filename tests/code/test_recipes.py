@@ -74,6 +74,9 @@ def test_yaml_and_toml_recipes_agree_and_round_trip(tmp_path):
         (["augment.downscale_side=48"], "augment.downscale_side must be in [4, 40]"),
         (["augment.scale_range=[1.2, 0.9]"], "augment.scale_range must be [low, high]"),
         (["init_weights=/nonexistent/w.weights.h5"], "init_weights /nonexistent/w.weights.h5 is not a file"),
+        (["teacher=/nonexistent/model.onnx"], "teacher /nonexistent/model.onnx is not a file"),
+        (["teacher_weight=1.5"], "teacher_weight must be in [0, 1]"),
+        (["teacher=models/reference/model.onnx", "label_scheme=multi_target"], "need soft targets"),
     ],
 )
 def test_bad_overrides_name_the_fault(overrides, message):

@@ -535,3 +535,26 @@ def test_init_weights_start_from_a_file_and_refuse_another_architecture(trained,
     wider = build_model(TINY.model, 8, **model_kwargs(replace(TINY, width=12)))
     with pytest.raises(ValueError, match=r"init_weights .*start\.weights\.h5: does not fit model"):
         load_init_weights(wider, weights)
+
+
+def test_a_teacher_takes_its_share_of_every_target(small_dataset):
+    from ferflow.predict import REFERENCE_MODEL, FerClassifier
+    from ferflow.train import prepare_data
+
+    plain = prepare_data(TINY, small_dataset)
+    taught = prepare_data(replace(TINY, teacher=str(REFERENCE_MODEL), teacher_weight=0.3), small_dataset)
+    probs = FerClassifier(REFERENCE_MODEL).predict_proba(plain.fit.pixels)
+    np.testing.assert_array_equal(taught.fit.pixels, plain.fit.pixels)
+    np.testing.assert_allclose(taught.targets, 0.7 * plain.targets + 0.3 * probs, atol=1e-5)
+    np.testing.assert_allclose(taught.targets.sum(1), 1.0, atol=1e-5)
+    assert (taught.targets > 0).sum() > (plain.targets > 0).sum()  # soft where majority was one-hot
+
+
+def test_a_teacher_of_another_class_set_is_refused(small_dataset):
+    from ferflow.predict import REFERENCE_MODEL
+    from ferflow.train import teacher_probabilities
+
+    pixels = open_dataset(small_dataset).load("valid").pixels[:4]
+    classes = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+    with pytest.raises(ValueError, match=r"teacher .*model.onnx: its classes .* are not the dataset's"):
+        teacher_probabilities(REFERENCE_MODEL, pixels, classes)
